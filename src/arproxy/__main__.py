@@ -1,0 +1,3 @@
+from arproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,367 @@
+"""Configuration: a TOML file, validated completely before anything starts.
+
+Every mistake is reported as one `ConfigError` naming the file, the key and what is
+wrong, so an administrator never has to read a traceback to fix a typo. Unknown
+keys are errors too: a misspelt option silently ignored is a security hole waiting
+to happen (think `trusted_authserv_id` without the "s").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+EMBEDDED_DEFAULT = "<embedded default>"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; `str()` is the whole message."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + problem)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """Where accepted mail goes: an SMTP or LMTP server, or a local Maildir."""
+
+    scheme: Literal["smtp", "lmtp", "maildir"]
+    address: HostPort | None = None
+    maildir: Path | None = None
+
+    def __str__(self) -> str:
+        if self.scheme == "maildir":
+            return f"maildir:{self.maildir}"
+        return f"{self.scheme}://{self.address}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: HostPort
+    hostname: str
+    authserv_id: str
+    advertise_authserv: Literal["always", "never"]
+    authserv_form: Literal["space", "equals"]
+    shutdown_grace: float
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    downstream: Downstream
+    connect_timeout: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class DomainsConfig:
+    local: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[HostPort, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class HeadersConfig:
+    trusted_authserv_ids: tuple[str, ...]
+    forged: Literal["remove", "rename"]
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_size: int
+    max_recipients: int
+    command_timeout: float
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    server: ServerConfig
+    relay: RelayConfig
+    domains: DomainsConfig
+    dns: DnsConfig
+    headers: HeadersConfig
+    limits: LimitsConfig
+    log: LogConfig
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate `path`, or the embedded default when `path` is None."""
+    if path is None:
+        text = resources.files("arproxy").joinpath("default.toml").read_text("utf-8")
+        return parse_config(text, EMBEDDED_DEFAULT)
+    source = str(path)
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, f"not UTF-8 text: {exc.reason}") from exc
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str) -> Config:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, None, f"not valid TOML: {exc}") from exc
+    root = _Table(source, "", document)
+    sections = {name: root.table(name) for name in _SECTIONS}
+    root.finish()
+    server = _server(sections["server"])
+    config = Config(
+        source=source,
+        server=server,
+        relay=_relay(sections["relay"]),
+        domains=DomainsConfig(local=sections["domains"].domain_list("local", ())),
+        dns=_dns(sections["dns"]),
+        headers=_headers(sections["headers"]),
+        limits=_limits(sections["limits"]),
+        log=LogConfig(level=sections["log"].choice("level", "info", _LOG_LEVELS)),
+    )
+    for table in sections.values():
+        table.finish()
+    return config
+
+
+_SECTIONS = ("server", "relay", "domains", "dns", "headers", "limits", "log")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _server(t: _Table) -> ServerConfig:
+    hostname = t.domain("hostname", None) or socket.getfqdn()
+    authserv_id = t.domain("authserv_id", hostname)
+    return ServerConfig(
+        listen=t.host_port("listen", "127.0.0.1:2525"),
+        hostname=hostname,
+        authserv_id=authserv_id,
+        advertise_authserv=t.choice("advertise_authserv", "always", ("always", "never")),
+        authserv_form=t.choice("authserv_form", "space", ("space", "equals")),
+        shutdown_grace=t.number("shutdown_grace", 30.0, minimum=0.0),
+    )
+
+
+def _relay(t: _Table) -> RelayConfig:
+    return RelayConfig(
+        downstream=t.downstream("downstream", "maildir:var/maildir"),
+        connect_timeout=t.number("connect_timeout", 30.0, minimum=0.1),
+        timeout=t.number("timeout", 300.0, minimum=0.1),
+    )
+
+
+def _dns(t: _Table) -> DnsConfig:
+    servers = tuple(_parse_nameserver(t, entry) for entry in t.str_list("nameservers", ()))
+    return DnsConfig(nameservers=servers, timeout=t.number("timeout", 2.0, minimum=0.05))
+
+
+def _headers(t: _Table) -> HeadersConfig:
+    return HeadersConfig(
+        trusted_authserv_ids=t.domain_list("trusted_authserv_ids", (), allow_leading_dot=True),
+        forged=t.choice("forged", "remove", ("remove", "rename")),
+    )
+
+
+def _limits(t: _Table) -> LimitsConfig:
+    return LimitsConfig(
+        max_message_size=t.integer("max_message_size", 10_240_000, minimum=1024),
+        max_recipients=t.integer("max_recipients", 1000, minimum=1),
+        command_timeout=t.number("command_timeout", 300.0, minimum=1.0),
+    )
+
+
+def _parse_nameserver(t: _Table, entry: str) -> HostPort:
+    """ "IP" or "IP:PORT" ("[v6]:PORT" for IPv6 with a port)."""
+    text = entry if _looks_like_bare_ipv6(entry) else None
+    if text is not None:
+        return HostPort(str(ipaddress.ip_address(text)), 53)
+    try:
+        hp = _split_host_port(entry, default_port=53)
+        ipaddress.ip_address(hp.host)
+    except ValueError as exc:
+        raise t.error("nameservers", f'{entry!r} is not "IP" or "IP:PORT" ({exc})') from exc
+    return hp
+
+
+def _looks_like_bare_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def _split_host_port(text: str, default_port: int | None = None) -> HostPort:
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text)
+    if not match:
+        raise ValueError("expected host:port or [ipv6]:port")
+    host = match.group(1) or match.group(3)
+    port_text = match.group(2) or match.group(4)
+    if port_text is None:
+        if default_port is None:
+            raise ValueError("a port is required")
+        return HostPort(host, default_port)
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    return HostPort(host, port)
+
+
+# A DNS name as RFC 1123 allows it: letters, digits, hyphens, dot-separated labels.
+_DOMAIN = re.compile(
+    r"(?=.{1,253}\.?$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+T = TypeVar("T")
+
+
+class _Table:
+    """One TOML table being read: typed getters that remember what was used."""
+
+    def __init__(self, source: str, name: str, data: Mapping[str, Any]) -> None:
+        self.source = source
+        self.name = name
+        self.data = dict(data)
+        self.used: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, f"[{self.name}] {key}" if self.name else key, problem)
+
+    def _get(self, key: str, kind: type | tuple[type, ...], kind_name: str) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        # TOML booleans are Python ints: `timeout = true` must not read as 1.
+        is_stray_bool = isinstance(value, bool) and bool not in _as_tuple(kind)
+        if is_stray_bool or not isinstance(value, kind):
+            raise self.error(key, f"must be {kind_name}, not {type(value).__name__} {value!r}")
+        return value
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key, dict, "a table")
+        return _Table(self.source, key, value or {})
+
+    def string(self, key: str, default: T) -> str | T:
+        value = self._get(key, str, "a string")
+        return default if value is None else value
+
+    def choice(self, key: str, default: T, choices: tuple[str, ...]) -> T:
+        value = self._get(key, str, "a string")
+        if value is None:
+            return default
+        if value not in choices:
+            raise self.error(key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value  # type: ignore[no-any-return]  # checked against choices above
+
+    def number(self, key: str, default: float, *, minimum: float) -> float:
+        value = self._get(key, (int, float), "a number")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.error(key, f"{value} is below the minimum {minimum}")
+        return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int) -> int:
+        value = self._get(key, int, "an integer")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.error(key, f"{value} is below the minimum {minimum}")
+        return int(value)
+
+    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key, list, "a list of strings")
+        if value is None:
+            return default
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(key, f"must be a list of strings; {item!r} is not a string")
+        return tuple(value)
+
+    def domain(self, key: str, default: T) -> str | T:
+        value = self.string(key, None)
+        if value is None:
+            return default
+        if not _DOMAIN.fullmatch(value):
+            raise self.error(key, f"{value!r} is not a domain name")
+        return value
+
+    def domain_list(
+        self, key: str, default: tuple[str, ...], *, allow_leading_dot: bool = False
+    ) -> tuple[str, ...]:
+        names = self.str_list(key, default)
+        for name in names:
+            bare = name[1:] if allow_leading_dot and name.startswith(".") else name
+            if not _DOMAIN.fullmatch(bare):
+                raise self.error(key, f"{name!r} is not a domain name")
+        return tuple(name.lower().rstrip(".") for name in names)
+
+    def host_port(self, key: str, default: str) -> HostPort:
+        text = self.string(key, default)
+        try:
+            return _split_host_port(text)
+        except ValueError as exc:
+            raise self.error(key, f"{text!r}: {exc}") from exc
+
+    def downstream(self, key: str, default: str) -> Downstream:
+        text = self.string(key, default)
+        if text.startswith("maildir:"):
+            path = text.removeprefix("maildir:")
+            if not path:
+                raise self.error(key, "maildir: needs a path, e.g. maildir:var/maildir")
+            # Relative paths are taken from the working directory at start-up and
+            # logged in absolute form, so the administrator sees where mail goes.
+            return Downstream("maildir", maildir=Path(path).expanduser().absolute())
+        parts = urlsplit(text)
+        if parts.scheme not in ("smtp", "lmtp"):
+            raise self.error(
+                key, f"{text!r}: use smtp://host:port, lmtp://host:port or maildir:PATH"
+            )
+        if parts.path or parts.query or parts.fragment or parts.username:
+            raise self.error(key, f"{text!r}: only scheme://host:port is allowed")
+        try:
+            address = _split_host_port(parts.netloc)
+        except ValueError as exc:
+            raise self.error(key, f"{text!r}: {exc}") from exc
+        return Downstream(parts.scheme, address=address)  # type: ignore[arg-type]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown option (see the README for the options)")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .peers import Arproxy, SmtpSink
+
+pytestmark = pytest.mark.integration
+
+CONFIG_TEMPLATE = """
+[server]
+listen = "127.0.0.1:@PORT@"
+hostname = "mx.example.com"
+authserv_id = "example.com"
+shutdown_grace = 5.0
+{server}
+[relay]
+downstream = "{downstream}"
+connect_timeout = 3.0
+timeout = {relay_timeout}
+
+[domains]
+local = ["example.com", "example.net"]
+
+[headers]
+trusted_authserv_ids = [".trusted.example"]
+{headers}
+"""
+
+
+def arproxy_config(
+    downstream: str, *, server: str = "", headers: str = "", relay_timeout: float = 10.0
+) -> str:
+    return CONFIG_TEMPLATE.format(
+        downstream=downstream, server=server, headers=headers, relay_timeout=relay_timeout
+    )
+
+
+@pytest.fixture
+def smtp_sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    sink = SmtpSink(tmp_path)
+    yield sink
+    sink.close()
+
+
+MakeArproxy = Callable[..., Arproxy]
+
+
+@pytest.fixture
+def make_arproxy(tmp_path: Path) -> Iterator[MakeArproxy]:
+    started: list[Arproxy] = []
+
+    def start(downstream: str, **options: object) -> Arproxy:
+        workdir = tmp_path / f"arproxy{len(started)}"
+        workdir.mkdir()
+        proxy = Arproxy(workdir, arproxy_config(downstream, **options))  # type: ignore[arg-type]
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        code = proxy.stop()
+        assert code == 0, f"arproxy exited with {code}:\n{proxy.log}"
+        assert "Traceback" not in proxy.log, proxy.log

@@ -1,0 +1,168 @@
+"""Real peers for the integration tests: Postfix's smtp-sink, arproxy itself, swaks.
+
+Each is a separate program reached over loopback TCP, started and stopped by a
+fixture, so the tests see exactly what a mail administrator would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+SWAKS = shutil.which("swaks") or "/usr/bin/swaks"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class SinkMessage:
+    """One transaction as smtp-sink dumped it (its dump format uses LF endings)."""
+
+    client_addr: str
+    helo_args: str
+    mail_args: str
+    rcpt_args: list[str]
+    message: bytes  # header and body as received, LF line endings
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on a free loopback port, dumping each message to a file."""
+
+    def __init__(self, workdir: Path, options: Sequence[str] = ()) -> None:
+        # smtp-sink drops privileges to nobody, who cannot enter pytest's private
+        # tmp_path: the dump directory lives in a world-accessible one of its own.
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.dump_dir = Path(tempfile.mkdtemp(prefix="arproxy-sink-"))
+        self.dump_dir.chmod(0o777)
+        self.port = free_port()
+        command = [
+            SMTP_SINK,
+            "-u",
+            "nobody",
+            *options,
+            "-d",
+            f"{self.dump_dir}/",
+            f"127.0.0.1:{self.port}",
+            "32",
+        ]
+        self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def messages(self) -> list[SinkMessage]:
+        files = sorted(self.dump_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+        return [parse_sink_dump(f.read_bytes()) for f in files]
+
+    def close(self) -> None:
+        stop(self.process)
+        shutil.rmtree(self.dump_dir, ignore_errors=True)
+
+
+def parse_sink_dump(dump: bytes) -> SinkMessage:
+    fields: dict[bytes, list[bytes]] = {}
+    rest = dump
+    while rest.startswith(b"X-"):
+        line, _, rest = rest.partition(b"\n")
+        name, _, value = line.partition(b": ")
+        fields.setdefault(name, []).append(value)
+    # smtp-sink's own three-line Received field comes next, then the message, and
+    # one empty line it appends after the message.
+    for _ in range(3):
+        _, _, rest = rest.partition(b"\n")
+    assert rest.endswith(b"\n\n"), rest[-40:]
+    return SinkMessage(
+        client_addr=fields[b"X-Client-Addr"][0].decode(),
+        helo_args=b"".join(fields.get(b"X-Helo-Args", [b""])).decode(),
+        mail_args=fields[b"X-Mail-Args"][0].decode(),
+        rcpt_args=[v.decode() for v in fields.get(b"X-Rcpt-Args", [])],
+        message=rest[:-1],
+    )
+
+
+class Arproxy:
+    """arproxy serve as a subprocess, the way an administrator runs it."""
+
+    def __init__(self, workdir: Path, config_text: str) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.config_path = workdir / "arproxy.toml"
+        self.config_path.write_text(config_text.replace("@PORT@", str(self.port)))
+        self.log_path = workdir / "arproxy.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "arproxy", "serve", "--config", str(self.config_path)],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_for_port(self.port, self.process)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        code = stop(self.process)
+        self._log.close()
+        return code
+
+
+def swaks(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SWAKS, "--hide-informational", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def sink(workdir: Path, options: Sequence[str] = ()) -> Iterator[SmtpSink]:
+    s = SmtpSink(workdir, options)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from arproxy.replies import Reply
+from arproxy.server import _with_enhanced_code
+
+
+def test_downstream_multiline_reply_keeps_enhanced_code_on_every_line() -> None:
+    reply = Reply.from_downstream(550, "5.1.1 No such user\n5.1.1 Try another")
+    assert reply == Reply(550, "5.1.1", ("No such user", "Try another"))
+    assert str(reply) == "550-5.1.1 No such user\r\n550 5.1.1 Try another"
+
+
+def test_downstream_reply_without_enhanced_code() -> None:
+    reply = Reply.from_downstream(250, "Ok")
+    assert str(reply) == "250 Ok"
+
+
+def test_mismatched_enhanced_class_is_dropped() -> None:
+    assert Reply.from_downstream(250, "5.0.0 odd").enhanced is None
+
+
+def test_control_characters_cannot_inject_reply_lines() -> None:
+    reply = Reply.from_downstream(451, "4.0.0 a\rb\x00c")
+    assert "\r" not in str(reply).replace("\r\n", "")
+    assert str(reply) == "451 4.0.0 a b c"
+
+
+def test_aiosmtpd_replies_get_enhanced_codes() -> None:
+    assert (
+        _with_enhanced_code("503 Error: need MAIL command") == "503 5.5.1 Error: need MAIL command"
+    )
+    assert _with_enhanced_code("250 2.1.5 Recipient OK") == "250 2.1.5 Recipient OK"
+    assert _with_enhanced_code("354 End data with <CR><LF>.<CR><LF>") == (
+        "354 End data with <CR><LF>.<CR><LF>"
+    )
+    assert _with_enhanced_code("552 Error: Too much mail data") == (
+        "552 5.3.4 Error: Too much mail data"
+    )

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+
+from arproxy.trace import TraceInfo, helo_is_presentable, received_field
+
+WHEN = datetime(2026, 11, 23, 19, 35, 28, tzinfo=UTC)
+
+
+def info(**overrides: object) -> TraceInfo:
+    base = TraceInfo(
+        client_ip="192.0.2.1",
+        helo="mail.example.org",
+        esmtp=True,
+        tls=False,
+        authenticated=False,
+        by_host="mx.example.com",
+        queue_id="ABC123",
+        recipients=("bob@example.com",),
+        when=WHEN,
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def test_received_field_rfc5321_form() -> None:
+    assert received_field(info()) == (
+        b"Received: from mail.example.org ([192.0.2.1])\r\n"
+        b"\tby mx.example.com (arproxy) with ESMTP id ABC123\r\n"
+        b"\tfor <bob@example.com>; Mon, 23 Nov 2026 19:35:28 +0000\r\n"
+    )
+
+
+def test_received_field_ipv6_tls_auth_several_recipients() -> None:
+    field = received_field(
+        info(
+            client_ip="2001:db8::1",
+            tls=True,
+            authenticated=True,
+            recipients=("a@example.com", "b@example.com"),
+        )
+    )
+    assert b"([IPv6:2001:db8::1])" in field
+    assert b"with ESMTPSA id ABC123;\r\n\tMon, 23 Nov 2026" in field
+    assert b"for" not in field
+
+
+@pytest.mark.parametrize(
+    "helo",
+    ["bad helo", "x\r\nInjected: yes", "a..b", "", "[1.2.3]", "(comment)", "ex\u00e4mple.com"],
+)
+def test_unpresentable_helo_is_replaced_by_the_address_literal(helo: str) -> None:
+    assert not helo_is_presentable(helo)
+    field = received_field(info(helo=helo))
+    assert field.startswith(b"Received: from [192.0.2.1] ([192.0.2.1])\r\n")
+    assert field.count(b"\r\n") == 3
+
+
+@pytest.mark.parametrize(
+    "helo", ["mail.example.org", "[192.0.2.1]", "[IPv6:2001:db8::1]", "localhost"]
+)
+def test_presentable_helo(helo: str) -> None:
+    assert helo_is_presentable(helo)
+
+
+def test_hostile_recipient_is_not_echoed() -> None:
+    field = received_field(info(recipients=("a>\r\nX-Evil: 1@example.com",)))
+    assert b"Evil" not in field
