@@ -61,9 +61,11 @@ class ServerConfig:
     listen: HostPort
     hostname: str
     authserv_id: str
-    advertise_authserv: Literal["always", "never"]
+    advertise_authserv: Literal["always", "never", "after-auth"]
     authserv_form: Literal["space", "equals"]
     shutdown_grace: float
+    proxy_protocol: bool
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,24 @@ class DomainsConfig:
 class DnsConfig:
     nameservers: tuple[HostPort, ...]
     timeout: float
+    message_budget: float
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    iprev_max_names: int
+    dkim_max_signatures: int
+    skip_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Local policy on results; every switch is off by default (annotate only)."""
+
+    reject_dmarc: bool
+    reject_spf_fail: bool
+    reject_iprev_fail: bool
+    tempfail_on_temperror: bool
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,30 @@ class LimitsConfig:
     max_message_size: int
     max_recipients: int
     command_timeout: float
+    max_connections: int
+    max_connections_per_ip: int
+    max_header_size: int
+    max_header_fields: int
+    bare_newline: Literal["reject", "normalize"]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path | None
+    key: Path | None
+    implicit_listen: HostPort | None  # a second listener speaking TLS from the first byte
+    self_signed_if_missing: bool  # demo and test set-ups: make a throwaway pair at start
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    users_file: Path | None  # None: SMTP AUTH is not offered
+    allow_plaintext: bool
+    max_failures: int
 
 
 @dataclass(frozen=True)
@@ -109,8 +153,12 @@ class Config:
     relay: RelayConfig
     domains: DomainsConfig
     dns: DnsConfig
+    checks: ChecksConfig
+    policy: PolicyConfig
     headers: HeadersConfig
     limits: LimitsConfig
+    tls: TlsConfig
+    auth: AuthConfig
     log: LogConfig
 
 
@@ -147,8 +195,12 @@ def parse_config(text: str, source: str) -> Config:
         relay=_relay(sections["relay"]),
         domains=DomainsConfig(local=sections["domains"].domain_list("local", ())),
         dns=_dns(sections["dns"]),
+        checks=_checks(sections["checks"]),
+        policy=_policy(sections["policy"]),
         headers=_headers(sections["headers"]),
         limits=_limits(sections["limits"]),
+        tls=_tls(sections["tls"]),
+        auth=_auth(sections["auth"]),
         log=LogConfig(level=sections["log"].choice("level", "info", _LOG_LEVELS)),
     )
     for table in sections.values():
@@ -156,20 +208,40 @@ def parse_config(text: str, source: str) -> Config:
     return config
 
 
-_SECTIONS = ("server", "relay", "domains", "dns", "headers", "limits", "log")
+_SECTIONS = (
+    "server",
+    "relay",
+    "domains",
+    "dns",
+    "checks",
+    "policy",
+    "headers",
+    "limits",
+    "tls",
+    "auth",
+    "log",
+)
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _server(t: _Table) -> ServerConfig:
     hostname = t.domain("hostname", None) or socket.getfqdn()
     authserv_id = t.domain("authserv_id", hostname)
+    proxy_protocol = t.boolean("proxy_protocol", False)
+    trusted_proxies = t.networks("trusted_proxies")
+    if proxy_protocol and not trusted_proxies:
+        raise t.error("trusted_proxies", "proxy_protocol = true needs the proxies' CIDRs here")
     return ServerConfig(
         listen=t.host_port("listen", "127.0.0.1:2525"),
         hostname=hostname,
         authserv_id=authserv_id,
-        advertise_authserv=t.choice("advertise_authserv", "always", ("always", "never")),
+        advertise_authserv=t.choice(
+            "advertise_authserv", "always", ("always", "never", "after-auth")
+        ),
         authserv_form=t.choice("authserv_form", "space", ("space", "equals")),
         shutdown_grace=t.number("shutdown_grace", 30.0, minimum=0.0),
+        proxy_protocol=proxy_protocol,
+        trusted_proxies=trusted_proxies,
     )
 
 
@@ -183,7 +255,28 @@ def _relay(t: _Table) -> RelayConfig:
 
 def _dns(t: _Table) -> DnsConfig:
     servers = tuple(_parse_nameserver(t, entry) for entry in t.str_list("nameservers", ()))
-    return DnsConfig(nameservers=servers, timeout=t.number("timeout", 2.0, minimum=0.05))
+    return DnsConfig(
+        nameservers=servers,
+        timeout=t.number("timeout", 2.0, minimum=0.05),
+        message_budget=t.number("message_budget", 15.0, minimum=0.1),
+    )
+
+
+def _checks(t: _Table) -> ChecksConfig:
+    return ChecksConfig(
+        iprev_max_names=t.integer("iprev_max_names", 10, minimum=1),
+        dkim_max_signatures=t.integer("dkim_max_signatures", 5, minimum=1),
+        skip_clients=t.networks("skip_clients"),
+    )
+
+
+def _policy(t: _Table) -> PolicyConfig:
+    return PolicyConfig(
+        reject_dmarc=t.boolean("reject_dmarc", False),
+        reject_spf_fail=t.boolean("reject_spf_fail", False),
+        reject_iprev_fail=t.boolean("reject_iprev_fail", False),
+        tempfail_on_temperror=t.boolean("tempfail_on_temperror", False),
+    )
 
 
 def _headers(t: _Table) -> HeadersConfig:
@@ -198,6 +291,34 @@ def _limits(t: _Table) -> LimitsConfig:
         max_message_size=t.integer("max_message_size", 10_240_000, minimum=1024),
         max_recipients=t.integer("max_recipients", 1000, minimum=1),
         command_timeout=t.number("command_timeout", 300.0, minimum=1.0),
+        max_connections=t.integer("max_connections", 1000, minimum=1),
+        max_connections_per_ip=t.integer("max_connections_per_ip", 20, minimum=1),
+        max_header_size=t.integer("max_header_size", 102_400, minimum=1024),
+        max_header_fields=t.integer("max_header_fields", 1000, minimum=10),
+        bare_newline=t.choice("bare_newline", "reject", ("reject", "normalize")),
+    )
+
+
+def _tls(t: _Table) -> TlsConfig:
+    cert, key = t.path("cert"), t.path("key")
+    if (cert is None) != (key is None):
+        raise t.error("key" if key is None else "cert", "cert and key go together: set both")
+    implicit = t.string("implicit_listen", None)
+    if implicit is not None and cert is None:
+        raise t.error("implicit_listen", "implicit TLS needs cert and key")
+    return TlsConfig(
+        cert=cert,
+        key=key,
+        implicit_listen=t.host_port("implicit_listen", "") if implicit else None,
+        self_signed_if_missing=t.boolean("self_signed_if_missing", False),
+    )
+
+
+def _auth(t: _Table) -> AuthConfig:
+    return AuthConfig(
+        users_file=t.path("users_file"),
+        allow_plaintext=t.boolean("allow_plaintext", False),
+        max_failures=t.integer("max_failures", 5, minimum=1),
     )
 
 
@@ -207,7 +328,7 @@ def _parse_nameserver(t: _Table, entry: str) -> HostPort:
     if text is not None:
         return HostPort(str(ipaddress.ip_address(text)), 53)
     try:
-        hp = _split_host_port(entry, default_port=53)
+        hp = split_host_port(entry, default_port=53)
         ipaddress.ip_address(hp.host)
     except ValueError as exc:
         raise t.error("nameservers", f'{entry!r} is not "IP" or "IP:PORT" ({exc})') from exc
@@ -221,7 +342,7 @@ def _looks_like_bare_ipv6(text: str) -> bool:
         return False
 
 
-def _split_host_port(text: str, default_port: int | None = None) -> HostPort:
+def split_host_port(text: str, default_port: int | None = None) -> HostPort:
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text)
     if not match:
         raise ValueError("expected host:port or [ipv6]:port")
@@ -301,6 +422,19 @@ class _Table:
             raise self.error(key, f"{value} is below the minimum {minimum}")
         return int(value)
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, bool, "true or false")
+        return default if value is None else bool(value)
+
+    def networks(self, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        networks = []
+        for text in self.str_list(key, ()):
+            try:
+                networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError as exc:
+                raise self.error(key, f"{text!r} is not an address or CIDR network") from exc
+        return tuple(networks)
+
     def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self._get(key, list, "a list of strings")
         if value is None:
@@ -331,7 +465,7 @@ class _Table:
     def host_port(self, key: str, default: str) -> HostPort:
         text = self.string(key, default)
         try:
-            return _split_host_port(text)
+            return split_host_port(text)
         except ValueError as exc:
             raise self.error(key, f"{text!r}: {exc}") from exc
 
@@ -352,10 +486,17 @@ class _Table:
         if parts.path or parts.query or parts.fragment or parts.username:
             raise self.error(key, f"{text!r}: only scheme://host:port is allowed")
         try:
-            address = _split_host_port(parts.netloc)
+            address = split_host_port(parts.netloc)
         except ValueError as exc:
             raise self.error(key, f"{text!r}: {exc}") from exc
         return Downstream(parts.scheme, address=address)  # type: ignore[arg-type]
+
+    def path(self, key: str) -> Path | None:
+        """A file path; relative ones are taken from the working directory."""
+        text = self.string(key, None)
+        if not text:
+            return None
+        return Path(text).expanduser().absolute()
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)

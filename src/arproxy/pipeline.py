@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from arproxy import authres, policy
+from arproxy.checks.base import MethodResult
+from arproxy.checks.runner import SessionChecks, configured_checks
 from arproxy.config import Config
+from arproxy.dns import Resolver
+from arproxy.intake import IntakeLimits, take_in
 from arproxy.relay import Delivery, Relay, make_relay
 from arproxy.replies import RELAY_DENIED, Reply
 from arproxy.rewrite import ForgeryPolicy, rewrite_header
@@ -42,14 +46,40 @@ class ClientInfo:
 class Pipeline:
     """Everything a transaction needs that outlives it; one per worker process."""
 
-    def __init__(self, config: Config, relay: Relay | None = None) -> None:
+    def __init__(
+        self, config: Config, relay: Relay | None = None, resolver: Resolver | None = None
+    ) -> None:
+        """Build inside the running event loop: the resolver belongs to it."""
         self.config = config
         self.relay = relay or make_relay(config.relay, config.server.hostname)
+        self.resolver = resolver or Resolver.from_config(config.dns)
+        self.checks = configured_checks(config.checks)
+        self.intake_limits = IntakeLimits(
+            bare_newline=config.limits.bare_newline,
+            max_header_size=config.limits.max_header_size,
+            max_header_fields=config.limits.max_header_fields,
+        )
         own = (config.server.authserv_id, *config.headers.trusted_authserv_ids)
         self.forgery_policy = ForgeryPolicy(own_ids=own, action=config.headers.forged)
 
-    def begin(self, client: ClientInfo, sender: str, mail_options: Sequence[str]) -> Transaction:
-        return Transaction(self, client, sender, tuple(mail_options))
+    def start_session(self, client_ip: str) -> SessionChecks:
+        """The checks of a new SMTP session; iprev starts right away."""
+        skipped = SessionChecks.is_skipped(client_ip, self.config.checks)
+        if skipped:
+            log.info("client=%s checks skipped (checks.skip_clients)", client_ip)
+        checks = SessionChecks(self.resolver, self.checks, client_ip, skipped=skipped)
+        checks.on_connect()
+        return checks
+
+    def begin(
+        self,
+        client: ClientInfo,
+        checks: SessionChecks,
+        sender: str,
+        mail_options: Sequence[str],
+    ) -> Transaction:
+        checks.on_mail(sender)
+        return Transaction(self, client, checks, sender, tuple(mail_options))
 
 
 def new_queue_id() -> str:
@@ -59,10 +89,16 @@ def new_queue_id() -> str:
 
 class Transaction:
     def __init__(
-        self, pipeline: Pipeline, client: ClientInfo, sender: str, mail_options: tuple[str, ...]
+        self,
+        pipeline: Pipeline,
+        client: ClientInfo,
+        checks: SessionChecks,
+        sender: str,
+        mail_options: tuple[str, ...],
     ) -> None:
         self.pipeline = pipeline
         self.client = client
+        self.checks = checks
         self.sender = sender
         self.mail_options = mail_options
         self.queue_id = new_queue_id()
@@ -112,22 +148,46 @@ class Transaction:
         """Authenticate, rewrite and relay the message; the reply is the downstream's."""
         assert self._delivery is not None, "DATA is only reached with an accepted recipient"
         config = self.pipeline.config
-        results = authres.AuthenticationResults(config.server.authserv_id, ())
-        prepend = [
-            authres.format_field(results).encode("ascii"),
-            received_field(self._trace_info()),
-        ]
+        intake = take_in(content, self.pipeline.intake_limits)
+        if intake.refusal is not None:
+            await self.close()
+            log.info(
+                "%s from=<%s> reject: %s (%s)",
+                self._log_prefix(),
+                printable(self.sender),
+                intake.refusal,
+                intake.reason,
+            )
+            return intake.refusal
+        content = intake.content
+        results = await self.checks.collect(content, config.dns.message_budget)
+        field = format_results(config.server.authserv_id, results)
+        verdict = policy.decide(results, config.policy)
+        if verdict.reply is not None:
+            await self.close()
+            log.info(
+                "%s from=<%s> reject by policy (%s): %s | %s",
+                self._log_prefix(),
+                printable(self.sender),
+                verdict.reason,
+                verdict.reply,
+                " ".join(field.split()),
+            )
+            return verdict.reply
+        prepend = [field.encode("ascii"), received_field(self._trace_info())]
         outcome = rewrite_header(content, prepend, self.pipeline.forgery_policy)
         reply = await self._delivery.send(outcome.message)
         await self.close()
         log.info(
-            "%s helo=%s from=<%s> nrcpt=%d size=%d forged=%d relay=%s reply=%r time=%.3f",
+            "%s helo=%s from=<%s> nrcpt=%d size=%d forged=%d results=[%s] relay=%s reply=%r "
+            "time=%.3f",
             self._log_prefix(),
             printable(self.client.helo or ""),
             printable(self.sender),
             len(self.recipients),
             len(content),
             len(outcome.removed),
+            summary(results),
             config.relay.downstream,
             str(reply).replace("\r\n", " / "),
             time.monotonic() - self._started,
@@ -159,6 +219,31 @@ class Transaction:
         delivery, self._delivery = self._delivery, None
         if delivery is not None:
             await delivery.close()
+
+
+def format_results(authserv_id: str, results: Sequence[MethodResult]) -> str:
+    """Our Authentication-Results field, folded, ending in CRLF.
+
+    Checks keep client-controlled text that the formatter cannot write out of
+    their results; should one slip through anyway, that result loses its
+    properties rather than the message its field (and the log says so).
+    """
+    resinfos = []
+    for result in results:
+        resinfo = result.to_resinfo()
+        try:
+            authres.format_field(authres.AuthenticationResults(authserv_id, (resinfo,)))
+        except authres.FormatError as exc:
+            log.warning(
+                "%s result not writable (%s): written without properties", result.method, exc
+            )
+            resinfo = authres.ResInfo(resinfo.method, resinfo.result)
+        resinfos.append(resinfo)
+    return authres.format_field(authres.AuthenticationResults(authserv_id, tuple(resinfos)))
+
+
+def summary(results: Sequence[MethodResult]) -> str:
+    return " ".join(f"{r.method}={r.value.value}" for r in results) or "none"
 
 
 def printable(text: str) -> str:

@@ -1,12 +1,17 @@
 """Local policy: what arproxy accepts, decided from facts the pipeline hands it.
 
-Today this is relay control (no open relay); the checks issue adds the decisions
-taken on authentication results. Pure functions, no I/O.
+Relay control (no open relay) and the `[policy]` decisions taken on authentication
+results. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from arproxy.checks.base import MethodResult, Value
+from arproxy.config import PolicyConfig
+from arproxy.replies import Reply
 
 
 def recipient_domain(address: str) -> str | None:
@@ -29,3 +34,61 @@ def may_relay_to(address: str, local_domains: Iterable[str], *, authenticated: b
         return True  # RFC 5321 section 4.5.1: the bare Postmaster must always be accepted
     domain = recipient_domain(address)
     return domain is not None and domain in set(local_domains)
+
+
+# --- decisions on authentication results ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What local policy makes of a message's results: accept, or refuse with a reply."""
+
+    reply: Reply | None
+    reason: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply is None
+
+
+ACCEPT = Verdict(None)
+
+# RFC 7372 codes (5.7.23 SPF, 5.7.25 reverse DNS); DMARC rejections use 5.7.1 in
+# common practice (RFC 7489 section 6.7 names no code).
+_TEMPFAIL_CODES = {"spf": "4.7.24", "iprev": "4.7.25", "dkim": "4.7.20", "dmarc": "4.7.1"}
+
+
+def decide(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict:
+    """Apply the `[policy]` switches; the first matching rule decides."""
+    by_method = {r.method: r for r in results}
+    dmarc = by_method.get("dmarc")
+    if (
+        config.reject_dmarc
+        and dmarc is not None
+        and dmarc.value is Value.FAIL
+        and getattr(dmarc, "policy", None) == "reject"
+    ):
+        domain = getattr(dmarc, "from_domain", None) or "the From domain"
+        return Verdict(
+            Reply.of(550, "5.7.1", f"DMARC: message rejected by the policy of {domain}"),
+            "dmarc=fail p=reject",
+        )
+    spf = by_method.get("spf")
+    if config.reject_spf_fail and spf is not None and spf.value is Value.FAIL:
+        return Verdict(
+            Reply.of(550, "5.7.23", "SPF: sender not authorized for this client"), "spf=fail"
+        )
+    iprev = by_method.get("iprev")
+    if config.reject_iprev_fail and iprev is not None and iprev.value is Value.FAIL:
+        return Verdict(
+            Reply.of(550, "5.7.25", "iprev: reverse DNS of the client does not match"), "iprev=fail"
+        )
+    if config.tempfail_on_temperror:
+        for result in results:
+            if result.value is Value.TEMPERROR:
+                code = _TEMPFAIL_CODES.get(result.method, "4.7.0")
+                return Verdict(
+                    Reply.of(451, code, f"{result.method}: temporary DNS error, try again later"),
+                    f"{result.method}=temperror",
+                )
+    return ACCEPT

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .authres import authserv_id_matches, recover_authserv_id
+from .authres.lenient import unfold
 
 _RENAMED_FIELD = b"Original-Authentication-Results"
 _AR_FIELD_START = re.compile(rb"(authentication-results)[ \t]*:", re.IGNORECASE)
@@ -25,7 +26,6 @@ _LF = b"\n"
 # the first ';' (quotes and parentheses are junk here), stopping at a method ("spf=...").
 _LOOSE_WORD = re.compile(r'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+')
 _METHOD_AFTER_WORD = re.compile(r"[ \t]*(?:/[ \t]*[0-9]+[ \t]*)?=")
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _NOT_VISIBLE_ASCII = re.compile(r"[^\x21-\x7e]")
 
 
@@ -63,7 +63,9 @@ def rewrite_header(
         if not new_field.endswith(_CRLF):
             raise ValueError("a prepended field must end with CRLF")
     header, rest = _split_header(message)
-    lines = _split_lines(header)
+    # Fields are found with universal line ends (CRLF, LF, bare CR), as Python's email package
+    # reads them: a field hidden behind a bare CR is seen by some readers, so it is seen here.
+    lines = header.splitlines(keepends=True)
     removed: list[str] = []
     # Back to front, so that the line indices of the fields still to visit stay valid.
     for field in reversed(_fields(lines)):
@@ -83,20 +85,17 @@ def rewrite_header(
 
 
 def _split_header(message: bytes) -> tuple[bytes, bytes]:
-    """The header block and the rest, which starts with the first empty line (if any)."""
+    """The header block and the rest, which starts with the first empty line (if any).
+
+    A line ends with LF (CRLF or bare LF) here: this is the latest end of the header that any
+    common reader sees, so no field a reader takes for a header field is left unexamined.
+    """
     if message.startswith((_CRLF, _LF)):
         return b"", message
     ends = [found + 1 for found in (message.find(b"\n\r\n"), message.find(b"\n\n")) if found >= 0]
     if not ends:
         return message, b""
     return message[: min(ends)], message[min(ends) :]
-
-
-def _split_lines(header: bytes) -> list[bytes]:
-    """Lines ending in LF (CRLF or bare LF); a bare CR is ordinary content, not a line end."""
-    lines = header.split(_LF)
-    with_ends = [line + _LF for line in lines[:-1]]
-    return [*with_ends, lines[-1]] if lines[-1] else with_ends
 
 
 def _fields(header_lines: list[bytes]) -> list[_Field]:
@@ -127,13 +126,15 @@ def _candidate_ids(value: str) -> tuple[str, ...]:
     """Every id a lenient consumer might read in this value.
 
     The README's lenient id, plus that id with invisible and non-ASCII characters dropped
-    (``exam\\u200bple.com``, undecodable bytes). If there is no lenient id, every word before
-    the first ';' unless the field starts with a method (Exchange's ``spf=pass ...``).
+    (``exam\\u200bple.com``, undecodable bytes). If there is no lenient id (a leading
+    unbalanced quote or comment, a tspecial, a broken comment after the id), every word before
+    the first ';' and before the first word followed by '=': so Exchange Online's
+    ``spf=pass ...``, which has no id at all, yields none.
     """
     recovered = recover_authserv_id(value)
     if recovered is not None:
         return (recovered, _NOT_VISIBLE_ASCII.sub("", recovered))
-    id_zone = _FOLD.sub("", value).split(";", 1)[0]
+    id_zone = unfold(value).split(";", 1)[0]
     words: list[str] = []
     for word in _LOOSE_WORD.finditer(id_zone):
         if _METHOD_AFTER_WORD.match(id_zone, word.end()):

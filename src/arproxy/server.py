@@ -9,16 +9,40 @@ up when a client simply disconnects, and a registry so that SIGTERM can drain.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import signal
+from collections.abc import Sequence
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import (
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+)
 
-from arproxy.config import Config
-from arproxy.pipeline import ClientInfo, Pipeline, Transaction
+from arproxy.checks.runner import SessionChecks
+from arproxy.config import Config, HostPort
+from arproxy.pipeline import ClientInfo, Pipeline, Transaction, printable
 from arproxy.replies import LOCAL_ERROR, SENDER_OK, SHUTTING_DOWN, Reply
+from arproxy.smtpauth import Authenticator
+from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed
+from arproxy.users import UsersFile, UsersFileError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_PENDING = "arproxy: credentials to check"
+TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
+INVALID_HELO = Reply.of(501, "5.5.4", "Invalid HELO/EHLO argument")
+_HELO_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+PROXY_HEADER_TIMEOUT = 5.0  # seconds a trusted proxy has to send the PROXY header
+TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_FROM_CLIENT = Reply.of(421, "4.7.0", "Too many connections from your address")
+# A peer that is not a trusted proxy gets no reply: it does not speak PROXY anyway.
+UNTRUSTED_PROXY = Reply(0, None, ("connection not from a trusted proxy",))
 
 log = logging.getLogger("arproxy.server")
 
@@ -45,10 +69,13 @@ _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 
 
 class ArproxySession(Session):
-    """aiosmtpd's session plus the mail transaction in progress, if any."""
+    """aiosmtpd's session plus our checks and the mail transaction in progress."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
+        self.client_ip: str | None = None  # from the socket, or the PROXY header
+        self.auth_identity: str | None = None
+        self.checks: SessionChecks | None = None
         self.transaction: Transaction | None = None
 
 
@@ -58,6 +85,25 @@ class SessionRegistry:
     def __init__(self) -> None:
         self.open: set[ArproxySMTP] = set()
         self.draining = False
+
+    def refusal_for(self, peer_ip: str, config: Config) -> Reply | None:
+        """Why a new connection from `peer_ip` may not even get a banner, if so."""
+        if self.draining:
+            return SHUTTING_DOWN
+        if len(self.open) >= config.limits.max_connections:
+            return TOO_MANY_CONNECTIONS
+        if config.server.proxy_protocol and not _in_networks(
+            peer_ip, config.server.trusted_proxies
+        ):
+            return UNTRUSTED_PROXY
+        if not config.server.proxy_protocol and (
+            self.count_client(peer_ip) >= config.limits.max_connections_per_ip
+        ):
+            return TOO_MANY_FROM_CLIENT
+        return None
+
+    def count_client(self, client_ip: str) -> int:
+        return sum(1 for protocol in self.open if protocol.client_text == client_ip)
 
     async def drain(self, grace: float) -> None:
         """Close idle sessions now, busy ones when done, the rest after `grace`."""
@@ -77,8 +123,11 @@ class SessionRegistry:
 class ArproxySMTP(SMTP):
     def __init__(self, handler: SessionHandler, registry: SessionRegistry, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self.pipeline = handler.pipeline
+        self.config = handler.config
         self.registry = registry
         self._in_greeting_reply = False
+        self._refused = False
 
     def _create_session(self) -> ArproxySession:
         return ArproxySession(self.loop)
@@ -94,22 +143,124 @@ class ArproxySMTP(SMTP):
         return not isinstance(session, ArproxySession) or session.transaction is None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first_time = self.transport is None
+        if self.transport is not None:  # after STARTTLS: a new transport, same client
+            before = self.session
+            super().connection_made(transport)  # aiosmtpd starts a new session here
+            self._carry_over(before)
+            return
+        peer = transport.get_extra_info("peername")
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) else "0.0.0.0"
+        refusal = self.registry.refusal_for(peer_ip, self.config)
+        if refusal is not None:
+            # Refused before aiosmtpd sees the connection: no session, no banner.
+            self._refused = True
+            log.warning(
+                "connect from %s refused: %s", peer_ip, refusal if refusal.code else refusal.text
+            )
+            if isinstance(transport, asyncio.WriteTransport) and refusal.code != 0:
+                transport.write(str(refusal).encode("ascii") + b"\r\n")
+            transport.close()
+            return
         super().connection_made(transport)
-        if first_time:  # STARTTLS calls this again for the same session
-            self.registry.open.add(self)
-            log.info("connect from %s", self.peer_text)
+        self.registry.open.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and self.session is not None:
+            self.session.ssl = ssl_object  # implicit TLS: encrypted from the first byte
+        if not self.config.server.proxy_protocol:
+            self.admit_client(peer_ip)
+
+    def _carry_over(self, before: Session | None) -> None:
+        """Keep what belongs to the connection across STARTTLS: the client's address
+        and its checks (iprev). RFC 3207 4.2 resets the rest: HELO, transaction."""
+        after = self.session
+        if not isinstance(before, ArproxySession) or not isinstance(after, ArproxySession):
+            return
+        after.client_ip = before.client_ip
+        after.checks = before.checks
+        if before.transaction is not None:
+            self.loop.create_task(before.transaction.close())
+        if after.checks is not None:
+            after.checks.reset_transaction()
+
+    def admit_client(self, client_ip: str) -> bool:
+        """The client's address is known (PROXY header or socket): start its checks."""
+        assert isinstance(self.session, ArproxySession)
+        self.session.client_ip = client_ip
+        log.info(
+            "connect from %s%s",
+            client_ip,
+            f" via proxy {self.peer_text}" if self.config.server.proxy_protocol else "",
+        )
+        if self.registry.count_client(client_ip) > self.config.limits.max_connections_per_ip:
+            log.warning("client %s over max_connections_per_ip: closing", client_ip)
+            self.close_with(TOO_MANY_FROM_CLIENT)
+            return False
+        self.session.checks = self.pipeline.start_session(client_ip)
+        return True
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # never reached aiosmtpd, nothing to clean up
         self.registry.open.discard(self)
         session = self.session
         super().connection_lost(error)
-        if isinstance(session, ArproxySession) and session.transaction is not None:
-            # No hook runs when a client just disconnects: abandon the downstream
-            # transaction here, or its connection would linger until it times out.
-            transaction, session.transaction = session.transaction, None
-            self.loop.create_task(transaction.close())
-        log.info("disconnect from %s", self.peer_text)
+        if isinstance(session, ArproxySession):
+            # No hook runs when a client just disconnects: stop its checks and
+            # abandon the downstream transaction here, or they would linger.
+            if session.checks is not None:
+                session.checks.close()
+            if session.transaction is not None:
+                transaction, session.transaction = session.transaction, None
+                self.loop.create_task(transaction.close())
+        log.info("disconnect from %s", self.client_text)
+
+    @property
+    def client_text(self) -> str:
+        session = self.session
+        if isinstance(session, ArproxySession) and session.client_ip is not None:
+            return session.client_ip
+        return self.peer_text
+
+    # --- SMTP AUTH: aiosmtpd parses PLAIN and LOGIN, our Authenticator decides ---
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd's hook is synchronous; hand the credentials back to the async
+        # auth_PLAIN / auth_LOGIN below, which check them off the event loop.
+        return AuthResult(success=False, handled=False, message=_PENDING, auth_data=auth_data)
+
+    async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
+        return await self._decide_auth(await super().auth_PLAIN(server, args))
+
+    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
+        return await self._decide_auth(await super().auth_LOGIN(server, args))
+
+    async def _decide_auth(self, parsed: AuthResult) -> AuthResult:
+        authenticator = self.event_handler.authenticator
+        if parsed.message is not _PENDING or authenticator is None:
+            return parsed  # cancelled by the client, or already answered by aiosmtpd
+        assert isinstance(self.session, ArproxySession)
+        credentials = parsed.auth_data
+        assert isinstance(credentials, LoginPassword)
+        outcome = await authenticator.authenticate(
+            self.client_text, credentials.login, credentials.password
+        )
+        checks = self.session.checks
+        if outcome.identity is not None:
+            self.session.auth_identity = outcome.identity
+            if checks is not None:
+                checks.on_auth(outcome.identity)
+            return AuthResult(success=True, message=str(outcome.reply), auth_data=outcome.identity)
+        if checks is not None and outcome.attempted is not None:
+            checks.on_auth_failure(outcome.attempted)
+        if outcome.disconnect:
+            self.close_with(outcome.reply)
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=str(outcome.reply))
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle connection without a word; RFC 5321 4.1.1.x wants 421.
+        log.info("timeout: closing session with %s", self.client_text)
+        self.close_with(Reply.of(421, "4.4.2", f"{self.config.server.hostname} timeout exceeded"))
 
     def close_with(self, reply: Reply) -> None:
         transport = self.transport
@@ -147,11 +298,17 @@ def _with_enhanced_code(status: str) -> str:
     return f"{status[:4]}{enhanced} {status[4:]}"
 
 
-def authserv_capability(config: Config) -> str | None:
-    """The EHLO keyword line promising that we strip forged fields (draft section 3)."""
+def authserv_capability(config: Config, *, authenticated: bool) -> str | None:
+    """The EHLO keyword line promising that we strip forged fields (draft section 3).
+
+    "after-auth" shows the keyword without its id until the client has
+    authenticated, as the draft does for IMAP's AUTHSERV / AUTHSERV=<id>.
+    """
     server = config.server
     if server.advertise_authserv == "never":
         return None
+    if server.advertise_authserv == "after-auth" and not authenticated:
+        return "AUTHSERV"
     separator = "=" if server.authserv_form == "equals" else " "
     return f"AUTHSERV{separator}{server.authserv_id}"
 
@@ -159,9 +316,34 @@ def authserv_capability(config: Config) -> str | None:
 class SessionHandler:
     """aiosmtpd's handler: one hook per SMTP command, delegating to the pipeline."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        authenticator: Authenticator | None = None,
+        tls: ReloadableContext | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.config = pipeline.config
+        self.authenticator = authenticator
+        self.tls = tls
+
+    async def handle_PROXY(
+        self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, proxy_data: Any
+    ) -> bool:
+        """The PROXY header (v1 or v2) from a trusted load balancer: the real client."""
+        source = getattr(proxy_data, "src_addr", None)
+        if source is None:
+            # PROXY v2 LOCAL (the balancer's own health check) or UNKNOWN: the
+            # connection is the proxy's own; it is served as coming from the proxy.
+            return server.admit_client(_client_ip(session))
+        try:
+            client_ip = str(ipaddress.ip_address(source))
+        except ValueError:
+            log.warning(
+                "PROXY header from %s with unusable source %r: closing", server.peer_text, source
+            )
+            return False
+        return server.admit_client(client_ip)
 
     async def handle_EHLO(
         self,
@@ -171,19 +353,30 @@ class SessionHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
+        if not helo_acceptable(hostname):
+            log.info("client=%s invalid EHLO %s: refused", server.client_text, printable(hostname))
+            return [str(INVALID_HELO)]
         await self._abandon(session)
         session.host_name = hostname  # aiosmtpd leaves this to a hook that exists
+        _checks(session).on_helo(hostname)
         extra = ["250-ENHANCEDSTATUSCODES", "250-PIPELINING"]
-        capability = authserv_capability(self.config)
+        capability = authserv_capability(self.config, authenticated=bool(session.authenticated))
         if capability is not None:
             extra.append(f"250-{capability}")
+        if self.authenticator is None or session.authenticated:
+            # No users file: aiosmtpd would still list an empty "AUTH" keyword.
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
         return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_HELO(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, hostname: str
     ) -> str:
+        if not helo_acceptable(hostname):
+            log.info("client=%s invalid HELO %s: refused", server.client_text, printable(hostname))
+            return str(INVALID_HELO)
         await self._abandon(session)
         session.host_name = hostname
+        _checks(session).on_helo(hostname)
         return f"250 {self.config.server.hostname}"
 
     async def handle_MAIL(
@@ -196,7 +389,7 @@ class SessionHandler:
     ) -> str:
         await self._abandon(session)
         session.transaction = self.pipeline.begin(
-            _client_info(server, session), address, mail_options
+            _client_info(server, session), _checks(session), address, mail_options
         )
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -249,6 +442,11 @@ class SessionHandler:
         return f"221 2.0.0 {self.config.server.hostname} closing connection"
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client's failed handshake (old protocol, bad hello) is its problem:
+            # one line, and aiosmtpd closes the connection.
+            log.info("TLS handshake failed: %s", error.__cause__ or error)
+            return str(TLS_FAILED)
         # A bug of ours, not the client's fault: log it whole, and have the client
         # keep the message and retry rather than see a Python error message.
         log.error("internal error: %s", error, exc_info=error)
@@ -256,26 +454,58 @@ class SessionHandler:
 
     async def _abandon(self, session: ArproxySession) -> None:
         transaction, session.transaction = session.transaction, None
+        if session.checks is not None:
+            session.checks.reset_transaction()
         if transaction is not None:
             await transaction.close()
 
 
+def helo_acceptable(hostname: str) -> bool:
+    """Refuse what no HELO name can be: controls, white space, over 255 octets.
+
+    Anything else printable is taken (real clients send odd names) and judged by
+    SPF's HELO check; our Received line writes it only when it is a valid domain.
+    """
+    return 0 < len(hostname) <= 255 and not _HELO_FORBIDDEN.search(hostname)
+
+
+def _in_networks(ip: str, networks: Sequence[IPNetwork]) -> bool:
+    address = ipaddress.ip_address(ip)
+    return any(address in network for network in networks)
+
+
+def _checks(session: ArproxySession) -> SessionChecks:
+    assert session.checks is not None, "set when the connection was made"
+    return session.checks
+
+
+def _client_ip(session: ArproxySession) -> str:
+    if session.client_ip is not None:
+        return session.client_ip
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else "0.0.0.0"
+
+
 def _client_info(server: ArproxySMTP, session: ArproxySession) -> ClientInfo:
     peer = session.peer
-    ip, port = (peer[0], int(peer[1])) if isinstance(peer, tuple) else ("0.0.0.0", 0)
+    port = int(peer[1]) if isinstance(peer, tuple) else 0
     return ClientInfo(
-        ip=ip,
+        ip=_client_ip(session),
         port=port,
         helo=session.host_name,
         esmtp=bool(session.extended_smtp),
         tls=session.ssl is not None,
+        auth_identity=session.auth_identity,
     )
 
 
-def make_protocol_factory(config: Config, pipeline: Pipeline, registry: SessionRegistry) -> Any:
-    handler = SessionHandler(pipeline)
-
+def make_protocol_factory(
+    config: Config, handler: SessionHandler, registry: SessionRegistry, *, implicit_tls: bool
+) -> Any:
     def factory() -> ArproxySMTP:
+        # A new connection gets the current TLS context: a SIGHUP reload takes
+        # effect for the next client without disturbing open sessions.
+        starttls = handler.tls.current if handler.tls is not None and not implicit_tls else None
         return ArproxySMTP(
             handler,
             registry,
@@ -285,9 +515,59 @@ def make_protocol_factory(config: Config, pipeline: Pipeline, registry: SessionR
             decode_data=False,
             enable_SMTPUTF8=False,
             timeout=config.limits.command_timeout,
+            tls_context=starttls,
+            # On the implicit-TLS listener the whole connection is encrypted, though
+            # aiosmtpd (which only knows STARTTLS) cannot tell.
+            auth_require_tls=not (config.auth.allow_plaintext or implicit_tls),
+            auth_exclude_mechanism=None if handler.authenticator else ["PLAIN", "LOGIN"],
+            proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if config.server.proxy_protocol else None,
         )
 
     return factory
+
+
+class StartupError(Exception):
+    """A file named by the configuration cannot be used; the message says which."""
+
+
+def load_security(config: Config) -> tuple[Authenticator | None, ReloadableContext | None]:
+    cert, key = config.tls.cert, config.tls.key
+    fresh = (
+        cert is not None
+        and key is not None
+        and config.tls.self_signed_if_missing
+        and ensure_self_signed(cert, key, config.server.hostname)
+    )
+    if fresh:
+        log.warning(
+            "created a throwaway self-signed certificate %s for %s: replace it for production",
+            cert,
+            config.server.hostname,
+        )
+    try:
+        tls = None
+        if config.tls.cert is not None and config.tls.key is not None:
+            tls = ReloadableContext(config.tls.cert, config.tls.key)
+        users = UsersFile.load(config.auth.users_file) if config.auth.users_file else None
+    except (TlsError, UsersFileError) as exc:
+        raise StartupError(str(exc)) from exc
+    authenticator = Authenticator(users, config.auth.max_failures) if users else None
+    return authenticator, tls
+
+
+def reload_security(config: Config, handler: SessionHandler) -> None:
+    """SIGHUP: new certificate and users file for new sessions; keep the old on error."""
+    if handler.tls is not None:
+        if handler.tls.reload():
+            log.info("reload: TLS certificate %s loaded", config.tls.cert)
+        else:
+            log.error("reload: keeping the old TLS certificate: %s", handler.tls.last_error)
+    if handler.authenticator is not None and config.auth.users_file is not None:
+        try:
+            handler.authenticator.users = UsersFile.load(config.auth.users_file)
+            log.info("reload: users file %s loaded", config.auth.users_file)
+        except UsersFileError as exc:
+            log.error("reload: keeping the old users: %s", exc)
 
 
 async def serve(
@@ -295,32 +575,67 @@ async def serve(
 ) -> None:
     """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain."""
     loop = asyncio.get_running_loop()
+    authenticator, tls = load_security(config)
     pipeline = Pipeline(config)
     pipeline.relay.prepare()
+    handler = SessionHandler(pipeline, authenticator, tls)
     registry = SessionRegistry()
-    listen = config.server.listen
-    server = await loop.create_server(
-        make_protocol_factory(config, pipeline, registry), host=listen.host, port=listen.port
-    )
+    listeners = [await _listen(config, handler, registry, config.server.listen, implicit=False)]
+    if config.tls.implicit_listen is not None:
+        listeners.append(
+            await _listen(config, handler, registry, config.tls.implicit_listen, implicit=True)
+        )
     if stop is None:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    log.info(
-        "arproxy listening on %s as %s, authserv-id %s, delivering to %s%s",
-        listen,
-        config.server.hostname,
-        config.server.authserv_id,
-        config.relay.downstream,
-        " (no downstream configured: embedded Maildir)"
-        if config.relay.downstream.scheme == "maildir"
-        else "",
-    )
+        loop.add_signal_handler(signal.SIGHUP, reload_security, config, handler)
+    _log_start(config, authenticator, tls)
     if ready is not None:
         ready.set()
     await stop.wait()
     log.info("shutting down: no new connections, draining %d open session(s)", len(registry.open))
-    server.close()
+    for listener in listeners:
+        listener.close()
     await registry.drain(config.server.shutdown_grace)
-    await server.wait_closed()
+    for listener in listeners:
+        await listener.wait_closed()
+    await pipeline.resolver.close()
     log.info("stopped")
+
+
+async def _listen(
+    config: Config,
+    handler: SessionHandler,
+    registry: SessionRegistry,
+    address: HostPort,
+    *,
+    implicit: bool,
+) -> asyncio.Server:
+    ssl_context = None
+    if implicit:
+        assert handler.tls is not None
+        ssl_context = handler.tls.front_context()
+    factory = make_protocol_factory(config, handler, registry, implicit_tls=implicit)
+    return await asyncio.get_running_loop().create_server(
+        factory, host=address.host, port=address.port, ssl=ssl_context
+    )
+
+
+def _log_start(
+    config: Config, authenticator: Authenticator | None, tls: ReloadableContext | None
+) -> None:
+    downstream = config.relay.downstream
+    log.info(
+        "arproxy listening on %s%s as %s, authserv-id %s, delivering to %s%s; STARTTLS %s, AUTH %s",
+        config.server.listen,
+        f" and {config.tls.implicit_listen} (implicit TLS)" if config.tls.implicit_listen else "",
+        config.server.hostname,
+        config.server.authserv_id,
+        downstream,
+        " (no downstream configured: embedded Maildir)" if downstream.scheme == "maildir" else "",
+        "on" if tls else "off",
+        "off"
+        if authenticator is None
+        else ("on (plaintext allowed)" if config.auth.allow_plaintext else "on (after STARTTLS)"),
+    )

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ..dnsserver import KnotServer
 from .peers import Arproxy, SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -24,17 +25,42 @@ timeout = {relay_timeout}
 [domains]
 local = ["example.com", "example.net"]
 
+[dns]
+nameservers = ["{nameserver}"]
+timeout = 1.0
+message_budget = 5.0
+{policy}
 [headers]
 trusted_authserv_ids = [".trusted.example"]
 {headers}
+
+[limits]
+{limits}
+
+{extra}
 """
 
 
 def arproxy_config(
-    downstream: str, *, server: str = "", headers: str = "", relay_timeout: float = 10.0
+    downstream: str,
+    *,
+    nameserver: str,
+    server: str = "",
+    headers: str = "",
+    policy: str = "",
+    limits: str = "",
+    extra: str = "",
+    relay_timeout: float = 10.0,
 ) -> str:
     return CONFIG_TEMPLATE.format(
-        downstream=downstream, server=server, headers=headers, relay_timeout=relay_timeout
+        downstream=downstream,
+        nameserver=nameserver,
+        server=server,
+        headers=headers,
+        policy=policy,
+        limits=limits,
+        extra=extra,
+        relay_timeout=relay_timeout,
     )
 
 
@@ -49,13 +75,16 @@ MakeArproxy = Callable[..., Arproxy]
 
 
 @pytest.fixture
-def make_arproxy(tmp_path: Path) -> Iterator[MakeArproxy]:
+def make_arproxy(tmp_path: Path, dns_server: KnotServer) -> Iterator[MakeArproxy]:
+    """Start arproxy subprocesses resolving through the test DNS server."""
     started: list[Arproxy] = []
 
-    def start(downstream: str, **options: object) -> Arproxy:
+    def start(downstream: str, **options: str | float) -> Arproxy:
         workdir = tmp_path / f"arproxy{len(started)}"
         workdir.mkdir()
-        proxy = Arproxy(workdir, arproxy_config(downstream, **options))  # type: ignore[arg-type]
+        options.setdefault("nameserver", dns_server.address)
+        text = arproxy_config(downstream, **options)  # type: ignore[arg-type]
+        proxy = Arproxy(workdir, text)
         started.append(proxy)
         return proxy
 

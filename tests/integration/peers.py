@@ -138,6 +138,19 @@ class Arproxy:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         wait_for_port(self.port, self.process)
+        self._finish_probe_session("proxy_protocol = true" in config_text)
+
+    def _finish_probe_session(self, behind_proxy: bool) -> None:
+        """Speak one whole session, so the readiness probe is over before a test starts
+        (a half-closed probe would still count against per-client limits)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            stream = sock.makefile("rb")
+            if behind_proxy:
+                sock.sendall(b"PROXY UNKNOWN\r\n")
+            assert stream.readline().startswith(b"220 ")
+            sock.sendall(b"QUIT\r\n")
+            assert stream.readline().startswith(b"221 ")
+            assert stream.readline() == b""
 
     @property
     def log(self) -> str:

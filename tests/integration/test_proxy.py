@@ -118,9 +118,9 @@ def test_relay_is_byte_exact_but_for_our_two_fields(
     assert got.helo_args == "mx.example.com", "we greet the downstream with our own name"
     ours, received, rest = split_our_fields(got.message, b"\n")
     assert rest == EXPECTED_REST.replace(b"\r\n", b"\n")  # smtp-sink dumps with LF
-    field = parse(ours.decode().split(":", 1)[1].rstrip("\n"))
+    field = parse(ours.decode().split(":", 1)[1].rstrip("\n").replace("\n", "\r\n"))
     assert field.authserv_id == "example.com"
-    assert field.results == ()
+    assert [r.method for r in field.results] == ["iprev", "spf", "dkim", "dmarc"]
     assert received.startswith(
         b"Received: from client.example.org ([127.0.0.1])\n\tby "
         b"mx.example.com (arproxy) with ESMTP id "
@@ -137,7 +137,7 @@ def test_maildir_delivery_is_byte_exact_and_atomic(make_arproxy: MakeArproxy) ->
     assert list((maildir / "tmp").iterdir()) == []
     (delivered,) = list((maildir / "new").iterdir())
     ours, received, rest = split_our_fields(delivered.read_bytes())
-    assert ours == b"Authentication-Results: example.com; none\r\n"
+    assert parse(ours.decode().split(":", 1)[1]).authserv_id == "example.com"
     assert rest == EXPECTED_REST
     assert received.endswith(b"\r\n")
 
@@ -176,10 +176,9 @@ def test_swaks_message_lands_in_maildir_with_our_fields_on_top(make_arproxy: Mak
     assert result.returncode == 0, result.stdout + result.stderr
     (delivered,) = list((proxy.workdir / "var" / "maildir" / "new").iterdir())
     message = delivered.read_bytes()
-    assert message.startswith(
-        b"Authentication-Results: example.com; none\r\nReceived: from "
-        b"client.example.org ([127.0.0.1])\r\n"
-    )
+    ours, received, _ = split_our_fields(message)
+    assert parse(ours.decode().split(":", 1)[1]).authserv_id == "example.com"
+    assert received.startswith(b"Received: from client.example.org ([127.0.0.1])\r\n")
     assert message.count(b"Authentication-Results") == 1, "the forged one is gone"
 
 
@@ -297,7 +296,7 @@ def test_lmtp_downstream(make_arproxy: MakeArproxy, tmp_path: Path) -> None:
         assert refused == {}
         (got,) = lmtp.messages()
     assert got.rcpt_args == ["<x@example.com>", "<y@example.com>"]
-    assert got.message.startswith(b"Authentication-Results: example.com; none\n")
+    assert got.message.startswith(b"Authentication-Results: example.com;\n")
 
 
 def test_lmtp_failure_of_any_recipient_is_not_acknowledged(

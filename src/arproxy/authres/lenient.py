@@ -9,7 +9,8 @@ import re
 
 from .chars import DIGITS, WSP, is_lenient_token_char
 
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
+# Unfolding also accepts bare LF and bare CR line ends, which some messages have.
+_FOLD = re.compile(r"(?:\r\n|\r|\n)(?=[ \t])")
 
 
 def recover_authserv_id(value: str) -> str | None:
@@ -20,7 +21,7 @@ def recover_authserv_id(value: str) -> str | None:
     leading quote or comment) or when it is followed by ``=`` or ``/digits=`` (it is then a
     method, as in Exchange Online's ``spf=pass ...``), or by an unterminated comment.
     """
-    text = _FOLD.sub("", value)
+    text = unfold(value)
     start = _skip_cfws(text, 0)
     if start is None:
         return None
@@ -31,6 +32,11 @@ def recover_authserv_id(value: str) -> str | None:
     if _method_follows(text, end):
         return None
     return authserv_id
+
+
+def unfold(value: str) -> str:
+    """Remove the line breaks of folding (CRLF, and also bare LF or CR, before WSP)."""
+    return _FOLD.sub("", value)
 
 
 def _method_follows(text: str, pos: int) -> bool:

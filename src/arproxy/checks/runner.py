@@ -1,0 +1,171 @@
+"""Runs a session's checks concurrently, each as soon as its inputs exist.
+
+iprev starts at connect, SPF for the HELO identity at EHLO, SPF for MAIL FROM at
+MAIL, DKIM and auth when the message is complete, DMARC once SPF and DKIM are in.
+At the end of DATA `collect` waits only for what is still outstanding, within the
+per-message budget (`dns.message_budget`); a check still running then is reported
+as its own timeout result (temperror) instead of holding the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import ipaddress
+import logging
+from collections.abc import Sequence
+
+from arproxy.checks import auth, dkim, dmarc, iprev, spf
+from arproxy.checks.base import Check, CheckContext, MethodResult, Stage
+from arproxy.config import ChecksConfig
+from arproxy.dns import Resolver
+
+log = logging.getLogger("arproxy.checks")
+
+# The order of results in our field, whatever order they finish in.
+METHOD_ORDER = ("auth", "iprev", "spf", "dkim", "dmarc")
+
+
+def configured_checks(config: ChecksConfig) -> tuple[Check, ...]:
+    return (
+        dataclasses.replace(
+            iprev.CHECK, run=functools.partial(iprev.check_iprev, max_names=config.iprev_max_names)
+        ),
+        spf.HELO_CHECK,
+        spf.MAILFROM_CHECK,
+        dataclasses.replace(
+            dkim.CHECK, run=functools.partial(dkim.check, max_signatures=config.dkim_max_signatures)
+        ),
+        auth.CHECK,
+        dmarc.CHECK,
+    )
+
+
+class _Running:
+    """A started check: its task and the context it was started with."""
+
+    def __init__(self, check: Check, ctx: CheckContext, dns: Resolver) -> None:
+        self.check = check
+        self.ctx = ctx
+        self.task = asyncio.ensure_future(check.run(ctx, dns))
+
+    def outcome(self) -> tuple[MethodResult, ...]:
+        if not self.task.done():
+            self.task.cancel()
+            return self.check.on_timeout(self.ctx)
+        if self.task.cancelled():
+            return self.check.on_timeout(self.ctx)
+        error = self.task.exception()
+        if error is not None:
+            # A bug in a check must not cost the message: report what a timeout
+            # would, and keep the traceback for the administrator.
+            log.error("check %s failed: %s", self.check.method, error, exc_info=error)
+            return self.check.on_timeout(self.ctx)
+        return self.task.result()
+
+
+class SessionChecks:
+    """The checks of one SMTP session (or of one `arproxy check` run)."""
+
+    def __init__(
+        self, dns: Resolver, checks: Sequence[Check], client_ip: str, *, skipped: bool = False
+    ) -> None:
+        self.dns = dns
+        self.checks = tuple(checks)
+        self.skipped = skipped
+        self.ctx = CheckContext(client_ip=client_ip)
+        self._transaction_ctx: CheckContext | None = None
+        self._session: dict[Stage, list[_Running]] = {}
+        self._transaction: dict[Stage, list[_Running]] = {}
+
+    @staticmethod
+    def is_skipped(client_ip: str, config: ChecksConfig) -> bool:
+        address = ipaddress.ip_address(client_ip)
+        return any(address in network for network in config.skip_clients)
+
+    def _start(self, stage: Stage, ctx: CheckContext) -> list[_Running]:
+        if self.skipped:
+            return []
+        return [_Running(check, ctx, self.dns) for check in self.checks if check.stage == stage]
+
+    def on_connect(self) -> None:
+        self._session[Stage.CONNECT] = self._start(Stage.CONNECT, self.ctx)
+
+    def on_helo(self, helo: str) -> None:
+        self.reset_transaction()
+        _cancel(self._session.pop(Stage.HELO, []))  # a second EHLO replaces the first
+        self.ctx = dataclasses.replace(self.ctx, helo=helo)
+        self._session[Stage.HELO] = self._start(Stage.HELO, self.ctx)
+
+    def on_auth(self, identity: str) -> None:
+        self.ctx = dataclasses.replace(self.ctx, auth_identity=identity, auth_failed_identity=None)
+
+    def on_auth_failure(self, identity: str) -> None:
+        if self.ctx.auth_identity is None:
+            self.ctx = dataclasses.replace(self.ctx, auth_failed_identity=identity)
+
+    def on_mail(self, sender: str) -> None:
+        self.reset_transaction()
+        self._transaction_ctx = dataclasses.replace(self.ctx, mail_from=sender)
+        self._transaction[Stage.MAIL] = self._start(Stage.MAIL, self._transaction_ctx)
+
+    def reset_transaction(self) -> None:
+        for running in self._transaction.values():
+            _cancel(running)
+        self._transaction.clear()
+        self._transaction_ctx = None
+
+    async def collect(self, message: bytes, budget: float) -> tuple[MethodResult, ...]:
+        """Start the message checks, wait within `budget`, return ordered results."""
+        if self.skipped:
+            return ()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        mail = self._transaction.get(Stage.MAIL, [])
+        ctx = dataclasses.replace(self._transaction_ctx or self.ctx, message=message)
+        data = self._start(Stage.DATA, ctx)
+        earlier = [r for runs in (*self._session.values(), mail) for r in runs]
+        await _wait([*earlier, *data], deadline - loop.time())
+        results = [result for running in (*earlier, *data) for result in running.outcome()]
+        # DMARC sees the SPF result we report, the one for the identity that counts.
+        final_ctx = dataclasses.replace(ctx, prior=ordered(results))
+        after = self._start(Stage.AFTER_CHECKS, final_ctx)
+        await _wait(after, deadline - loop.time())
+        results += [result for running in after for result in running.outcome()]
+        self.reset_transaction()
+        return ordered(results)
+
+    def close(self) -> None:
+        self.reset_transaction()
+        for running in self._session.values():
+            _cancel(running)
+        self._session.clear()
+
+
+def ordered(results: Sequence[MethodResult]) -> tuple[MethodResult, ...]:
+    """One SPF result (the identity that yielded it), methods in METHOD_ORDER."""
+    spf_helo = next(
+        (r for r in results if isinstance(r, spf.SpfResult) and r.identity == "helo"), None
+    )
+    spf_mail = next(
+        (r for r in results if isinstance(r, spf.SpfResult) and r.identity == "mailfrom"), None
+    )
+    chosen_spf = spf.reported(spf_helo, spf_mail)
+    kept = [r for r in results if r.method != "spf" or r is chosen_spf]
+    return tuple(sorted(kept, key=lambda r: _rank(r.method)))
+
+
+def _rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+async def _wait(running: Sequence[_Running], timeout: float) -> None:
+    tasks = [r.task for r in running if not r.task.done()]
+    if tasks and timeout > 0:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
+def _cancel(running: Sequence[_Running]) -> None:
+    for r in running:
+        r.task.cancel()

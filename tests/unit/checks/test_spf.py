@@ -1,0 +1,633 @@
+"""SPF against a real DNS server: tests/fixtures/zones/spf-*.test.zone and sender.test.
+
+127.0.0.2 is the authorized client of every zone; 127.0.0.3 is authorized nowhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import re
+import threading
+import time
+from typing import Any
+
+import pytest
+import spf
+from hypothesis import given
+from hypothesis import strategies as st
+
+from arproxy.authres import AuthenticationResults, ResInfo, format_field, parse
+from arproxy.checks import spf as spf_check
+from arproxy.checks.base import CheckContext, Value
+from arproxy.checks.spf import (
+    HELO_CHECK,
+    MAILFROM_CHECK,
+    DnsBridge,
+    SpfRequest,
+    SpfResult,
+    UnexpectedSpfResult,
+    check_helo,
+    check_mailfrom,
+    evaluate_blocking,
+    identity_domain,
+    reported,
+    spf_value,
+)
+from arproxy.config import HostPort
+from arproxy.dns import Lookup, Resolver
+
+from ...dnsserver import KnotServer
+
+GOOD = "127.0.0.2"
+STRANGER = "127.0.0.3"
+
+
+class SlowResolver(Resolver):
+    """Our resolver, each query delayed on the event loop and recorded."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        super().__init__([HostPort("127.0.0.1", port)], timeout=1.0)
+        self.delay = delay
+        self.asked: list[str] = []
+
+    async def lookup(self, name: str, rtype: str) -> Lookup:
+        self.asked.append(f"{name}/{rtype}")
+        await asyncio.sleep(self.delay)
+        return await super().lookup(name, rtype)
+
+
+def new_resolver(port: int) -> Resolver:
+    return Resolver([HostPort("127.0.0.1", port)], timeout=1.0)
+
+
+def mailfrom(
+    port: int, ip: str, mail_from: str, helo: str = "mail.sender.test"
+) -> tuple[SpfResult, ...]:
+    async def go() -> tuple[SpfResult, ...]:
+        resolver = new_resolver(port)
+        try:
+            ctx = CheckContext(client_ip=ip, helo=helo, mail_from=mail_from)
+            return await check_mailfrom(ctx, resolver)
+        finally:
+            await resolver.close()
+
+    return asyncio.run(go())
+
+
+def helo_check(port: int, ip: str, helo: str) -> tuple[tuple[SpfResult, ...], int]:
+    """The HELO results and how many DNS queries they took."""
+
+    async def go() -> tuple[tuple[SpfResult, ...], int]:
+        resolver = new_resolver(port)
+        try:
+            results = await check_helo(CheckContext(client_ip=ip, helo=helo), resolver)
+            return results, resolver.queries_sent
+        finally:
+            await resolver.close()
+
+    return asyncio.run(go())
+
+
+def one_value(port: int, ip: str, mail_from: str) -> Value:
+    (result,) = mailfrom(port, ip, mail_from)
+    return result.value
+
+
+def written(*resinfos: ResInfo) -> str:
+    """The field as we write it, unfolded."""
+    field = format_field(AuthenticationResults("mx.example.com", resinfos))
+    return re.sub(r"\r\n[ \t]+", " ", field).removesuffix("\r\n")
+
+
+def read_back(*resinfos: ResInfo) -> AuthenticationResults:
+    field = format_field(AuthenticationResults("mx.example.com", resinfos))
+    return parse(field.split(":", 1)[1])
+
+
+# --- results of the MAIL FROM identity ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "sender", "value"),
+    [
+        (GOOD, "alice@sender.test", Value.PASS),
+        (STRANGER, "alice@sender.test", Value.FAIL),
+        (GOOD, "a@strict.spf-results.test", Value.PASS),
+        (STRANGER, "a@strict.spf-results.test", Value.FAIL),
+        (STRANGER, "a@soft.spf-results.test", Value.SOFTFAIL),
+        (STRANGER, "a@neutral.spf-results.test", Value.NEUTRAL),
+        (STRANGER, "a@bare.spf-results.test", Value.NEUTRAL),
+        # none: a TXT that is not SPF, no TXT at all (NODATA), no such name (NXDOMAIN)
+        (GOOD, "a@other.spf-results.test", Value.NONE),
+        (GOOD, "a@addressonly.spf-results.test", Value.NONE),
+        (GOOD, "a@absent.spf-results.test", Value.NONE),
+        # permerror: syntax errors, two SPF records, include of a domain without SPF
+        (GOOD, "a@badip.spf-results.test", Value.PERMERROR),
+        (GOOD, "a@badmech.spf-results.test", Value.PERMERROR),
+        (GOOD, "a@two.spf-results.test", Value.PERMERROR),
+        (GOOD, "a@noneinclude.spf-results.test", Value.PERMERROR),
+        # temperror: SERVFAIL for the domain itself, or for an include
+        (GOOD, "a@host.servfail.test", Value.TEMPERROR),
+        (GOOD, "a@tempinclude.spf-results.test", Value.TEMPERROR),
+    ],
+)
+def test_mailfrom_results(dns_server: KnotServer, ip: str, sender: str, value: Value) -> None:
+    assert one_value(dns_server.port, ip, sender) is value
+
+
+@pytest.mark.parametrize(
+    ("ip", "sender", "value"),
+    [
+        (GOOD, "a@viainclude.spf-results.test", Value.PASS),
+        (GOOD, "a@viaa.spf-results.test", Value.PASS),  # A
+        ("::1", "a@viaa.spf-results.test", Value.PASS),  # AAAA
+        (GOOD, "a@viamx.spf-results.test", Value.PASS),  # MX, then A
+        (GOOD, "a@viaptr.spf-results.test", Value.PASS),  # PTR, then A
+        (STRANGER, "a@viaptr.spf-results.test", Value.FAIL),
+        (GOOD, "a@viaexists.spf-results.test", Value.PASS),  # %{i}
+        (GOOD, "a@split.spf-results.test", Value.PASS),  # TXT in two strings
+        (GOOD, "a@alias.spf-results.test", Value.PASS),  # TXT through a CNAME
+    ],
+)
+def test_every_kind_of_answer_reaches_pyspf(
+    dns_server: KnotServer, ip: str, sender: str, value: Value
+) -> None:
+    assert one_value(dns_server.port, ip, sender) is value
+
+
+@pytest.mark.parametrize(
+    ("ip", "sender", "value"),
+    [
+        (STRANGER, "bob@bylocalpart.spf-results.test", Value.PASS),
+        (STRANGER, "alice@bylocalpart.spf-results.test", Value.FAIL),
+        # c-ares cannot ask for "alice+tag.users...": a void lookup, not a temperror.
+        (GOOD, "alice+tag@bylocalpart.spf-results.test", Value.PASS),
+        # pyspf alone would split this sender at its first "@".
+        (GOOD, '"b@d"@bylocalpart.spf-results.test', Value.PASS),
+        (STRANGER, '"b@d"@bylocalpart.spf-results.test', Value.FAIL),
+    ],
+)
+def test_local_part_macro(dns_server: KnotServer, ip: str, sender: str, value: Value) -> None:
+    assert one_value(dns_server.port, ip, sender) is value
+
+
+@pytest.mark.parametrize(
+    ("sender", "value"),
+    [
+        ("a@c2.spf-limits.test", Value.PASS),  # exactly 10 DNS-querying terms
+        ("a@c1.spf-limits.test", Value.PERMERROR),  # 11
+        ("a@twovoids.spf-limits.test", Value.PASS),
+        ("a@threevoids.spf-limits.test", Value.PERMERROR),  # NXDOMAIN x 3
+        ("a@nodatavoids.spf-limits.test", Value.PERMERROR),  # NODATA x 3
+        ("a@manymx.spf-limits.test", Value.PERMERROR),  # 11 MX names
+    ],
+)
+def test_processing_limits(dns_server: KnotServer, sender: str, value: Value) -> None:
+    assert one_value(dns_server.port, GOOD, sender) is value
+
+
+def test_mailfrom_result_names_the_domain_only(dns_server: KnotServer) -> None:
+    (result,) = mailfrom(dns_server.port, GOOD, "<Alice@Sender.Test>")
+    assert (result.identity, result.domain, result.client_ip) == ("mailfrom", "sender.test", GOOD)
+    assert written(result.to_resinfo()) == (
+        "Authentication-Results: mx.example.com; "
+        "spf=pass (127.0.0.2 is authorized) smtp.mailfrom=sender.test"
+    )
+
+
+def test_idn_domain_is_checked_and_reported_as_a_label(dns_server: KnotServer) -> None:
+    (result,) = mailfrom(dns_server.port, GOOD, "alice@bücher.spf-results.test")
+    assert (result.value, result.domain) == (Value.PASS, "xn--bcher-kva.spf-results.test")
+
+
+@pytest.mark.parametrize("sender", ["x@[192.0.2.1]", "nodomain", "x@localhost", "x@a..b.test"])
+def test_mailfrom_without_a_domain_name_is_none_without_dns(
+    dns_server: KnotServer, sender: str
+) -> None:
+    (result,) = mailfrom(dns_server.port, GOOD, sender)
+    assert (result.value, result.identity) == (Value.NONE, "mailfrom")
+    assert result.reason == "not a domain name"  # decided before any lookup
+
+
+# --- the HELO identity ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "helo", "value", "domain"),
+    [
+        (GOOD, "mail.sender.test", Value.PASS, "mail.sender.test"),
+        (STRANGER, "mail.sender.test", Value.FAIL, "mail.sender.test"),
+        (GOOD, "MAIL.SENDER.TEST.", Value.PASS, "mail.sender.test"),
+        (GOOD, "addressonly.spf-results.test", Value.NONE, "addressonly.spf-results.test"),
+        (GOOD, "host.servfail.test", Value.TEMPERROR, "host.servfail.test"),
+    ],
+)
+def test_helo_results(
+    dns_server: KnotServer, ip: str, helo: str, value: Value, domain: str
+) -> None:
+    (result,), _queries = helo_check(dns_server.port, ip, helo)
+    assert (result.value, result.identity, result.domain) == (value, "helo", domain)
+
+
+@pytest.mark.parametrize(
+    "helo", ["[127.0.0.2]", "[IPv6:::1]", "127.0.0.2", "localhost", "not a domain!", "a_b.test", ""]
+)
+def test_helo_that_is_not_a_domain_name_is_none(dns_server: KnotServer, helo: str) -> None:
+    (result,), queries = helo_check(dns_server.port, GOOD, helo)
+    assert (result.value, result.identity, result.domain) == (Value.NONE, "helo", helo)
+    assert queries == 0
+
+
+def test_no_helo_no_result(dns_server: KnotServer) -> None:
+    async def go() -> tuple[SpfResult, ...]:
+        resolver = new_resolver(dns_server.port)
+        try:
+            return await check_helo(CheckContext(client_ip=GOOD), resolver)
+        finally:
+            await resolver.close()
+
+    assert asyncio.run(go()) == ()
+
+
+# --- the null sender and the one reported result --------------------------------------
+
+
+def test_null_sender_is_reported_as_the_helo_identity(dns_server: KnotServer) -> None:
+    assert mailfrom(dns_server.port, GOOD, "<>") == ()
+    assert mailfrom(dns_server.port, GOOD, "") == ()
+    (helo,), _ = helo_check(dns_server.port, GOOD, "mail.sender.test")
+    chosen = reported(helo, None)
+    assert chosen is helo
+    assert chosen is not None
+    assert written(chosen.to_resinfo()) == (
+        "Authentication-Results: mx.example.com; "
+        "spf=pass (127.0.0.2 is authorized) smtp.helo=mail.sender.test"
+    )
+
+
+HELO_PASS = SpfResult(Value.PASS, "helo", "mail.sender.test", GOOD)
+HELO_FAIL = SpfResult(Value.FAIL, "helo", "mail.sender.test", STRANGER)
+MAIL_PASS = SpfResult(Value.PASS, "mailfrom", "sender.test", GOOD)
+MAIL_FAIL = SpfResult(Value.FAIL, "mailfrom", "sender.test", STRANGER)
+MAIL_TEMPERROR = SpfResult(Value.TEMPERROR, "mailfrom", "sender.test", GOOD)
+
+
+@pytest.mark.parametrize(
+    ("helo", "mail", "chosen"),
+    [
+        (HELO_PASS, MAIL_FAIL, MAIL_FAIL),  # a MAIL FROM result always wins
+        (HELO_FAIL, MAIL_PASS, MAIL_PASS),  # even over a definitive HELO fail
+        (HELO_PASS, MAIL_TEMPERROR, MAIL_TEMPERROR),
+        (None, MAIL_PASS, MAIL_PASS),
+        (HELO_FAIL, None, HELO_FAIL),  # the null sender
+        (None, None, None),
+    ],
+)
+def test_reported_selection(
+    helo: SpfResult | None, mail: SpfResult | None, chosen: SpfResult | None
+) -> None:
+    assert reported(helo, mail) is chosen
+
+
+# --- temporary failures, time limits, the event loop ----------------------------------
+
+
+def test_dns_server_down_is_temperror() -> None:
+    server = KnotServer()
+    port = server.port
+    server.close()
+    started = time.monotonic()
+    (result,) = mailfrom(port, GOOD, "alice@sender.test")
+    (helo,), _ = helo_check(port, GOOD, "mail.sender.test")
+    assert (result.value, helo.value) == (Value.TEMPERROR, Value.TEMPERROR)
+    assert time.monotonic() - started < 5
+
+
+REQUEST = SpfRequest(GOOD, "alice", "sender.test", "mail.sender.test")
+
+
+def test_closed_event_loop_gives_temperror(dns_server: KnotServer) -> None:
+    async def go() -> tuple[str, str]:
+        resolver = new_resolver(dns_server.port)
+        gone = asyncio.new_event_loop()
+        gone.close()
+        bridge = DnsBridge(gone, resolver, lookup_timeout=0.5)
+        try:
+            return await asyncio.to_thread(evaluate_blocking, bridge, REQUEST, 5.0)
+        finally:
+            await resolver.close()
+
+    outcome, explanation = asyncio.run(go())
+    assert outcome == "temperror"
+    assert "event loop closed" in explanation
+
+
+def test_unanswered_query_gives_temperror_after_the_lookup_timeout(dns_server: KnotServer) -> None:
+    async def go() -> tuple[str, float]:
+        resolver = SlowResolver(dns_server.port, delay=30.0)
+        bridge = DnsBridge(asyncio.get_running_loop(), resolver, lookup_timeout=0.2)
+        started = time.monotonic()
+        try:
+            outcome, _ = await asyncio.to_thread(evaluate_blocking, bridge, REQUEST, 5.0)
+        finally:
+            await resolver.close()
+        return outcome, time.monotonic() - started
+
+    outcome, elapsed = asyncio.run(go())
+    assert outcome == "temperror"
+    assert elapsed < 1.0
+
+
+def test_query_time_budget_gives_temperror(dns_server: KnotServer) -> None:
+    # 11 queries of 0.1 s each (c2: its record, then 10 includes) against a 0.35 s budget.
+    async def go() -> tuple[str, int]:
+        resolver = SlowResolver(dns_server.port, delay=0.1)
+        bridge = DnsBridge(asyncio.get_running_loop(), resolver, lookup_timeout=2.0)
+        request = SpfRequest(GOOD, "a", "c2.spf-limits.test", "mail.sender.test")
+        try:
+            outcome, _ = await asyncio.to_thread(evaluate_blocking, bridge, request, 0.35)
+        finally:
+            await resolver.close()
+        return outcome, len(resolver.asked)
+
+    outcome, asked = asyncio.run(go())
+    assert outcome == "temperror"
+    assert asked < 11
+
+
+def test_cancelled_check_stops_at_the_query_in_progress(dns_server: KnotServer) -> None:
+    async def go() -> list[str]:
+        resolver = SlowResolver(dns_server.port, delay=0.3)
+        ctx = CheckContext(client_ip=GOOD, helo="x.test", mail_from="a@c1.spf-limits.test")
+        task = asyncio.create_task(check_mailfrom(ctx, resolver))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # time for two more queries, had the worker gone on
+        await resolver.close()
+        return resolver.asked
+
+    assert asyncio.run(go()) == ["c1.spf-limits.test/TXT"]
+
+
+def test_worker_ends_as_temperror_when_its_event_loop_goes_away(
+    dns_server: KnotServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[tuple[str, float]] = []
+    finished = threading.Event()
+
+    def recording(bridge: DnsBridge, request: SpfRequest, query_time: float) -> tuple[str, str]:
+        started = time.monotonic()
+        try:
+            outcome, explanation = evaluate_blocking(bridge, request, query_time)
+            outcomes.append((outcome, time.monotonic() - started))
+            return outcome, explanation
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(spf_check, "evaluate_blocking", recording)
+
+    async def abandon() -> None:
+        # The loop ends (asyncio.run cancels what is left, then closes) while the worker
+        # waits for a query that would take 30 s.
+        resolver = SlowResolver(dns_server.port, delay=30.0)
+        ctx = CheckContext(client_ip=GOOD, helo="x.test", mail_from="alice@sender.test")
+        abandoned = asyncio.create_task(check_mailfrom(ctx, resolver))
+        await asyncio.sleep(0.1)
+        assert not abandoned.done()
+        await resolver.close()
+
+    asyncio.run(abandon())
+    assert finished.wait(5)
+    ((outcome, elapsed),) = outcomes
+    assert outcome == "temperror"
+    assert elapsed < 2
+
+
+def test_event_loop_keeps_running_while_pyspf_works(dns_server: KnotServer) -> None:
+    async def go() -> tuple[SpfResult, list[float]]:
+        resolver = SlowResolver(dns_server.port, delay=0.05)
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.005)
+
+        ticking = asyncio.create_task(ticker())
+        ctx = CheckContext(client_ip=GOOD, helo="x.test", mail_from="a@c2.spf-limits.test")
+        try:
+            (result,) = await check_mailfrom(ctx, resolver)
+        finally:
+            ticking.cancel()
+            await resolver.close()
+        return result, ticks
+
+    result, ticks = asyncio.run(go())
+    assert result.value is Value.PASS  # 11 queries of 50 ms each, all through the loop
+    assert len(ticks) > 50
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.1
+    assert any(t.name.startswith("arproxy-spf") for t in threading.enumerate())
+
+
+def test_pyspf_outside_our_worker_does_no_dns_of_its_own() -> None:
+    query = spf.query(i=GOOD, s="alice@sender.test", h="mail.sender.test", strict=True)
+    outcome, _code, _explanation = query.check()
+    assert outcome == "temperror"
+
+
+# --- on_timeout ----------------------------------------------------------------------
+
+
+def test_on_timeout_gives_temperror_for_the_identity() -> None:
+    ctx = CheckContext(client_ip=GOOD, helo="mail.sender.test", mail_from="alice@sender.test")
+    assert HELO_CHECK.on_timeout(ctx) == (
+        SpfResult(Value.TEMPERROR, "helo", "mail.sender.test", GOOD, reason="timeout"),
+    )
+    assert MAILFROM_CHECK.on_timeout(ctx) == (
+        SpfResult(Value.TEMPERROR, "mailfrom", "sender.test", GOOD, reason="timeout"),
+    )
+
+
+def test_on_timeout_without_anything_to_look_up() -> None:
+    null_sender = CheckContext(client_ip=GOOD, helo="[127.0.0.2]", mail_from="<>")
+    assert MAILFROM_CHECK.on_timeout(null_sender) == ()
+    (helo,) = HELO_CHECK.on_timeout(null_sender)
+    assert helo.value is Value.NONE  # what the check itself gives, with no DNS
+
+
+def test_checks_are_declared_for_their_stages() -> None:
+    assert (HELO_CHECK.method, HELO_CHECK.stage.name) == ("spf", "HELO")
+    assert (MAILFROM_CHECK.method, MAILFROM_CHECK.stage.name) == ("spf", "MAIL")
+
+
+# --- result values and what we write --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "value"),
+    [
+        ("pass", Value.PASS),
+        ("fail", Value.FAIL),
+        ("softfail", Value.SOFTFAIL),
+        ("neutral", Value.NEUTRAL),
+        ("none", Value.NONE),
+        ("permerror", Value.PERMERROR),
+        ("temperror", Value.TEMPERROR),
+    ],
+)
+def test_pyspf_results_map_to_values(outcome: str, value: Value) -> None:
+    assert spf_value(outcome) is value
+
+
+@pytest.mark.parametrize("outcome", ["ambiguous", "local", "trusted", "error", "unknown"])
+def test_other_pyspf_results_are_refused(outcome: str) -> None:
+    with pytest.raises(UnexpectedSpfResult):
+        spf_value(outcome)
+
+
+@pytest.mark.parametrize(
+    ("result", "text"),
+    [
+        (MAIL_PASS, "spf=pass (127.0.0.2 is authorized) smtp.mailfrom=sender.test"),
+        (MAIL_FAIL, "spf=fail (127.0.0.3 is not authorized) smtp.mailfrom=sender.test"),
+        (
+            dataclasses.replace(MAIL_FAIL, value=Value.SOFTFAIL),
+            "spf=softfail (127.0.0.3 is probably not authorized) smtp.mailfrom=sender.test",
+        ),
+        (
+            dataclasses.replace(MAIL_FAIL, value=Value.NEUTRAL),
+            "spf=neutral (127.0.0.3 is neither authorized nor refused) smtp.mailfrom=sender.test",
+        ),
+        (
+            dataclasses.replace(MAIL_PASS, value=Value.NONE),
+            "spf=none (no SPF record) smtp.mailfrom=sender.test",
+        ),
+        (
+            dataclasses.replace(MAIL_PASS, value=Value.POLICY),
+            "spf=policy (127.0.0.2 is authorized, but refused by local policy) "
+            "smtp.mailfrom=sender.test",
+        ),
+        (MAIL_TEMPERROR, "spf=temperror (temporary DNS error) smtp.mailfrom=sender.test"),
+        (
+            dataclasses.replace(MAIL_PASS, value=Value.PERMERROR),
+            "spf=permerror (unusable SPF record) smtp.mailfrom=sender.test",
+        ),
+        (HELO_FAIL, "spf=fail (127.0.0.3 is not authorized) smtp.helo=mail.sender.test"),
+        (
+            SpfResult(Value.NONE, "helo", "[127.0.0.2]", GOOD),
+            'spf=none (no domain name to check) smtp.helo="[127.0.0.2]"',
+        ),
+        (
+            SpfResult(Value.NONE, "helo", "[ipv6:0::1]", "::1"),
+            'spf=none (no domain name to check) smtp.helo="[IPv6:::1]"',
+        ),
+        (
+            SpfResult(Value.PASS, "mailfrom", "sender.test", "::ffff:127.0.0.2"),
+            "spf=pass (127.0.0.2 is authorized) smtp.mailfrom=sender.test",
+        ),
+        (
+            SpfResult(Value.PASS, "mailfrom", "sender.test"),
+            "spf=pass (the client is authorized) smtp.mailfrom=sender.test",
+        ),
+    ],
+)
+def test_resinfo_text(result: SpfResult, text: str) -> None:
+    assert written(result.to_resinfo()) == f"Authentication-Results: mx.example.com; {text}"
+    (back,) = read_back(result.to_resinfo()).results
+    assert (back.method, back.result) == ("spf", result.value.value)
+
+
+def test_policy_result_reads_back_as_policy() -> None:
+    policy = dataclasses.replace(MAIL_PASS, value=Value.POLICY)
+    (back,) = read_back(policy.to_resinfo()).results
+    assert (back.result, back.properties[0].ptype, back.properties[0].name) == (
+        "policy",
+        "smtp",
+        "mailfrom",
+    )
+    assert back.properties[0].value == "sender.test"
+
+
+def test_reason_is_never_written() -> None:
+    result = dataclasses.replace(MAIL_FAIL, reason="see http://evil.example/?q=(dkim=pass)")
+    assert "evil" not in written(result.to_resinfo())
+    assert read_back(result.to_resinfo()).results[0].reason is None
+
+
+HOSTILE = [
+    "evil.example; dkim=pass",
+    'evil.example" ; dkim=pass header.d=bank.example ; x="',
+    "evil.example) ; dkim=pass (",
+    "evil.example\r\nAuthentication-Results: mx.example.com; dkim=pass",
+    "évil.example\x00",
+    "bank.example\u2028; dkim=pass",
+    "[127.0.0.1]; dkim=pass",
+    "[IPv6:fe80::1%eth0;dkim=pass]",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_mail_from_domain_cannot_add_results(dns_server: KnotServer, hostile: str) -> None:
+    (result,) = mailfrom(dns_server.port, GOOD, f"alice@{hostile}")
+    parsed = read_back(result.to_resinfo())
+    assert [(r.method, r.result, r.properties) for r in parsed.results] == [("spf", "none", ())]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_helo_cannot_add_results(dns_server: KnotServer, hostile: str) -> None:
+    (result,), _ = helo_check(dns_server.port, GOOD, hostile)
+    parsed = read_back(result.to_resinfo())
+    assert [(r.method, r.result, r.properties) for r in parsed.results] == [("spf", "none", ())]
+
+
+# A domain name, or (HELO) an address literal: never other client text.
+WRITABLE_IDENTITY = re.compile(r"[a-z0-9.-]+|\[(?:IPv6:)?[0-9a-f:.]+\]")
+
+
+@given(
+    value=st.sampled_from(list(Value)),
+    identity=st.sampled_from(["helo", "mailfrom"]),
+    domain=st.text(),
+    client_ip=st.one_of(st.none(), st.text(), st.ip_addresses().map(str)),
+)
+def test_any_identity_text_is_written_safely(
+    value: Value, identity: Any, domain: str, client_ip: str | None
+) -> None:
+    result = SpfResult(value, identity, domain, client_ip, reason=domain)
+    (back,) = read_back(result.to_resinfo()).results
+    assert (back.method, back.result) == ("spf", value.value)
+    for prop in back.properties:
+        assert (prop.ptype, prop.name) == ("smtp", identity)
+        assert WRITABLE_IDENTITY.fullmatch(prop.value)
+
+
+# --- identity_domain ------------------------------------------------------------------
+
+DOMAIN_CASES: list[tuple[str, str | None]] = [
+    ("sender.test", "sender.test"),
+    ("Mail.Sender.TEST.", "mail.sender.test"),
+    ("bücher.example", "xn--bcher-kva.example"),
+    ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ("a-b.c-d.example", "a-b.c-d.example"),
+    ("localhost", None),
+    ("127.0.0.2", None),
+    ("[127.0.0.2]", None),
+    ("-a.example", None),
+    ("a-.example", None),
+    ("a..example", None),
+    (".example", None),
+    ("a_b.example", None),
+    ("a b.example", None),
+    ("x" * 64 + ".example", None),
+    (("a" * 63 + ".") * 4 + "example", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize(("text", "domain"), DOMAIN_CASES)
+def test_identity_domain(text: str, domain: str | None) -> None:
+    assert identity_domain(text) == domain

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from arproxy.intake import (
+    BARE_NEWLINE_REFUSED,
+    HEADER_TOO_LARGE,
+    NUL_REFUSED,
+    TOO_MANY_FIELDS,
+    IntakeLimits,
+    normalize_newlines,
+    take_in,
+)
+
+REJECT = IntakeLimits(bare_newline="reject", max_header_size=4096, max_header_fields=20)
+NORMALIZE = IntakeLimits(bare_newline="normalize", max_header_size=4096, max_header_fields=20)
+CLEAN = b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"Subject: x\r\n\r\nline\nSMTP smuggled\r\n",
+        b"Subject: x\r\n\r\nline\r.\r\n",
+        b"Subject: x\nX-Evil: 1\r\n\r\nbody\r\n",
+        b"Subject: x\r\n\r\nend\n.\nMAIL FROM:<x@y>\r\n",
+        b"Subject: x\r\n\r\nlast\r",
+    ],
+)
+def test_bare_newlines_are_refused_by_default(content: bytes) -> None:
+    assert take_in(content, REJECT).refusal == BARE_NEWLINE_REFUSED
+
+
+def test_bare_newlines_are_normalized_on_request() -> None:
+    intake = take_in(b"Subject: x\nX-A: 1\r\n\r\na\rb\nc\r\n", NORMALIZE)
+    assert intake.refusal is None
+    assert intake.content == b"Subject: x\r\nX-A: 1\r\n\r\na\r\nb\r\nc\r\n"
+
+
+def test_clean_message_passes_unchanged() -> None:
+    intake = take_in(CLEAN, REJECT)
+    assert (intake.content, intake.refusal) == (CLEAN, None)
+
+
+def test_nul_is_refused() -> None:
+    assert take_in(b"Subject: a\x00b\r\n\r\n", NORMALIZE).refusal == NUL_REFUSED
+
+
+def test_header_limits() -> None:
+    big = b"X-Big: " + b"a" * 5000 + b"\r\n\r\nbody\r\n"
+    assert take_in(big, REJECT).refusal == HEADER_TOO_LARGE
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(21)) + b"\r\nbody\r\n"
+    assert take_in(many, REJECT).refusal == TOO_MANY_FIELDS
+    folded = b"X-A: 1\r\n" + b"\t2\r\n" * 100 + b"\r\n"
+    assert take_in(folded, REJECT).refusal is None, "continuation lines are not fields"
+
+
+def test_normalize_is_idempotent() -> None:
+    once = normalize_newlines(b"a\nb\rc\r\nd")
+    assert normalize_newlines(once) == once
