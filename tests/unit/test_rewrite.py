@@ -399,3 +399,23 @@ def test_never_raises_on_any_bytes(message: bytes, policy: ForgeryPolicy) -> Non
         assert len(outcome.message) >= len(message)
     else:
         assert len(outcome.message) <= len(message) + len(OURS)
+
+
+@given(
+    fields=st.lists(_FIELD, max_size=8),
+    next_hop_id=st.sampled_from(["example.net", "mx.other.example", "example.com.evil.net"]),
+)
+def test_our_field_survives_a_later_hop_of_another_admd(
+    fields: list[tuple[bytes, int, bytes]], next_hop_id: str
+) -> None:
+    """What we prepend stays in view: a later border (another ADMD) strips its own id,
+    never ours, and our field stays the first Authentication-Results a reader sees."""
+    message = b"".join(written for _, _, written in fields) + b"\r\nbody\r\n"
+    ours = rewrite_header(message, [OURS], POLICY).message
+    later = rewrite_header(
+        ours, [b"Received: by next.example\r\n"], ForgeryPolicy(own_ids=(next_hop_id,))
+    )
+    assert later.message.startswith(b"Received: by next.example\r\n" + OURS)
+    parsed = email.message_from_bytes(later.message, policy=email.policy.compat32)
+    first = parsed.get_all("Authentication-Results", [])[0]
+    assert recover_authserv_id(str(first)) == "example.com"
