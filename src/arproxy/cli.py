@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging(config.log.level)
-    from arproxy.server import StartupError, serve  # noqa: PLC0415  # check-config needs neither
+    from arproxy.service import StartupError, serve  # noqa: PLC0415  # check-config needs neither
 
     try:
         asyncio.run(serve(config))

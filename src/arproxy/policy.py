@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from arproxy.checks.base import MethodResult, Value
+from arproxy.checks.dmarc import DmarcResult
 from arproxy.config import PolicyConfig
 from arproxy.replies import Reply
 
@@ -64,13 +65,12 @@ def decide(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict:
     dmarc = by_method.get("dmarc")
     if (
         config.reject_dmarc
-        and dmarc is not None
+        and isinstance(dmarc, DmarcResult)
         and dmarc.value is Value.FAIL
-        and getattr(dmarc, "policy", None) == "reject"
+        and dmarc.policy == "reject"  # the disposition after pct= sampling
     ):
-        domain = getattr(dmarc, "from_domain", None) or "the From domain"
         return Verdict(
-            Reply.of(550, "5.7.1", f"DMARC: message rejected by the policy of {domain}"),
+            Reply.of(550, "5.7.1", f"DMARC: message rejected by the policy of {dmarc.from_domain}"),
             "dmarc=fail p=reject",
         )
     spf = by_method.get("spf")

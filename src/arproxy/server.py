@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import logging
 import re
-import signal
 from collections.abc import Sequence
 from typing import Any, AnyStr
 
@@ -26,12 +25,11 @@ from aiosmtpd.smtp import (
 )
 
 from arproxy.checks.runner import SessionChecks
-from arproxy.config import Config, HostPort
+from arproxy.config import Config
 from arproxy.pipeline import ClientInfo, Pipeline, Transaction, printable
 from arproxy.replies import LOCAL_ERROR, SENDER_OK, SHUTTING_DOWN, Reply
 from arproxy.smtpauth import Authenticator
-from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed
-from arproxy.users import UsersFile, UsersFileError
+from arproxy.tls import ReloadableContext
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PENDING = "arproxy: credentials to check"
@@ -524,118 +522,3 @@ def make_protocol_factory(
         )
 
     return factory
-
-
-class StartupError(Exception):
-    """A file named by the configuration cannot be used; the message says which."""
-
-
-def load_security(config: Config) -> tuple[Authenticator | None, ReloadableContext | None]:
-    cert, key = config.tls.cert, config.tls.key
-    fresh = (
-        cert is not None
-        and key is not None
-        and config.tls.self_signed_if_missing
-        and ensure_self_signed(cert, key, config.server.hostname)
-    )
-    if fresh:
-        log.warning(
-            "created a throwaway self-signed certificate %s for %s: replace it for production",
-            cert,
-            config.server.hostname,
-        )
-    try:
-        tls = None
-        if config.tls.cert is not None and config.tls.key is not None:
-            tls = ReloadableContext(config.tls.cert, config.tls.key)
-        users = UsersFile.load(config.auth.users_file) if config.auth.users_file else None
-    except (TlsError, UsersFileError) as exc:
-        raise StartupError(str(exc)) from exc
-    authenticator = Authenticator(users, config.auth.max_failures) if users else None
-    return authenticator, tls
-
-
-def reload_security(config: Config, handler: SessionHandler) -> None:
-    """SIGHUP: new certificate and users file for new sessions; keep the old on error."""
-    if handler.tls is not None:
-        if handler.tls.reload():
-            log.info("reload: TLS certificate %s loaded", config.tls.cert)
-        else:
-            log.error("reload: keeping the old TLS certificate: %s", handler.tls.last_error)
-    if handler.authenticator is not None and config.auth.users_file is not None:
-        try:
-            handler.authenticator.users = UsersFile.load(config.auth.users_file)
-            log.info("reload: users file %s loaded", config.auth.users_file)
-        except UsersFileError as exc:
-            log.error("reload: keeping the old users: %s", exc)
-
-
-async def serve(
-    config: Config, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
-) -> None:
-    """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain."""
-    loop = asyncio.get_running_loop()
-    authenticator, tls = load_security(config)
-    pipeline = Pipeline(config)
-    pipeline.relay.prepare()
-    handler = SessionHandler(pipeline, authenticator, tls)
-    registry = SessionRegistry()
-    listeners = [await _listen(config, handler, registry, config.server.listen, implicit=False)]
-    if config.tls.implicit_listen is not None:
-        listeners.append(
-            await _listen(config, handler, registry, config.tls.implicit_listen, implicit=True)
-        )
-    if stop is None:
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_security, config, handler)
-    _log_start(config, authenticator, tls)
-    if ready is not None:
-        ready.set()
-    await stop.wait()
-    log.info("shutting down: no new connections, draining %d open session(s)", len(registry.open))
-    for listener in listeners:
-        listener.close()
-    await registry.drain(config.server.shutdown_grace)
-    for listener in listeners:
-        await listener.wait_closed()
-    await pipeline.resolver.close()
-    log.info("stopped")
-
-
-async def _listen(
-    config: Config,
-    handler: SessionHandler,
-    registry: SessionRegistry,
-    address: HostPort,
-    *,
-    implicit: bool,
-) -> asyncio.Server:
-    ssl_context = None
-    if implicit:
-        assert handler.tls is not None
-        ssl_context = handler.tls.front_context()
-    factory = make_protocol_factory(config, handler, registry, implicit_tls=implicit)
-    return await asyncio.get_running_loop().create_server(
-        factory, host=address.host, port=address.port, ssl=ssl_context
-    )
-
-
-def _log_start(
-    config: Config, authenticator: Authenticator | None, tls: ReloadableContext | None
-) -> None:
-    downstream = config.relay.downstream
-    log.info(
-        "arproxy listening on %s%s as %s, authserv-id %s, delivering to %s%s; STARTTLS %s, AUTH %s",
-        config.server.listen,
-        f" and {config.tls.implicit_listen} (implicit TLS)" if config.tls.implicit_listen else "",
-        config.server.hostname,
-        config.server.authserv_id,
-        downstream,
-        " (no downstream configured: embedded Maildir)" if downstream.scheme == "maildir" else "",
-        "on" if tls else "off",
-        "off"
-        if authenticator is None
-        else ("on (plaintext allowed)" if config.auth.allow_plaintext else "on (after STARTTLS)"),
-    )
