@@ -1,0 +1,98 @@
+"""The runner's scheduling, with in-memory checks (pure logic: no DNS needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from arproxy.authres import ResInfo
+from arproxy.checks.base import Check, CheckContext, MethodResult, Stage, Value
+from arproxy.checks.runner import SessionChecks
+from arproxy.config import HostPort
+from arproxy.dns import Resolver
+
+
+@dataclass(frozen=True)
+class Fake:
+    method: str
+    value: Value
+    seen: str = ""
+
+    def to_resinfo(self) -> ResInfo:
+        return ResInfo(self.method, self.value.value)
+
+
+def fake_check(method: str, stage: Stage, delay: float, started: list[str]) -> Check:
+    async def run(ctx: CheckContext, dns: Resolver) -> tuple[MethodResult, ...]:
+        started.append(method)
+        await asyncio.sleep(delay)
+        prior = ",".join(r.method for r in ctx.prior)
+        return (Fake(method, Value.PASS, seen=prior),)
+
+    def on_timeout(ctx: CheckContext) -> tuple[MethodResult, ...]:
+        return (Fake(method, Value.TEMPERROR),)
+
+    return Check(method, stage, run, on_timeout)
+
+
+def run_session(checks: list[Check], budget: float) -> tuple[tuple[MethodResult, ...], float]:
+    async def go() -> tuple[tuple[MethodResult, ...], float]:
+        resolver = Resolver([HostPort("127.0.0.1", 9)], timeout=0.1)
+        session = SessionChecks(resolver, checks, "192.0.2.1")
+        session.on_connect()
+        await asyncio.sleep(0.2)  # the client takes its time before EHLO
+        session.on_helo("mail.example.org")
+        session.on_mail("a@example.org")
+        started = time.monotonic()
+        results = await session.collect(b"Subject: x\r\n\r\n", budget)
+        session.close()
+        await resolver.close()
+        return results, time.monotonic() - started
+
+    return asyncio.run(go())
+
+
+def test_checks_start_at_their_stage_and_data_waits_only_for_what_is_left() -> None:
+    started: list[str] = []
+    checks = [
+        fake_check("iprev", Stage.CONNECT, 0.15, started),
+        fake_check("dkim", Stage.DATA, 0.05, started),
+        fake_check("dmarc", Stage.AFTER_CHECKS, 0.0, started),
+    ]
+    results, waited = run_session(checks, budget=5.0)
+    assert started == ["iprev", "dkim", "dmarc"]
+    assert [(r.method, r.value) for r in results] == [
+        ("iprev", Value.PASS),
+        ("dkim", Value.PASS),
+        ("dmarc", Value.PASS),
+    ]
+    # iprev ran during the client's pause: DATA waited for DKIM only.
+    assert waited < 0.14
+    dmarc = results[-1]
+    assert isinstance(dmarc, Fake) and dmarc.seen == "iprev,dkim", "DMARC sees the others"
+
+
+def test_a_check_still_running_at_the_budget_is_temperror() -> None:
+    started: list[str] = []
+    checks = [
+        fake_check("iprev", Stage.CONNECT, 0.0, started),
+        fake_check("dkim", Stage.DATA, 10.0, started),
+        fake_check("dmarc", Stage.AFTER_CHECKS, 10.0, started),
+    ]
+    results, waited = run_session(checks, budget=0.3)
+    assert [(r.method, r.value) for r in results] == [
+        ("iprev", Value.PASS),
+        ("dkim", Value.TEMPERROR),
+        ("dmarc", Value.TEMPERROR),
+    ]
+    assert waited < 1.0
+
+
+def test_a_crashing_check_is_reported_as_its_timeout_result() -> None:
+    async def boom(ctx: CheckContext, dns: Resolver) -> tuple[MethodResult, ...]:
+        raise RuntimeError("bug")
+
+    check = Check("dkim", Stage.DATA, boom, lambda ctx: (Fake("dkim", Value.TEMPERROR),))
+    results, _ = run_session([check], budget=1.0)
+    assert [(r.method, r.value) for r in results] == [("dkim", Value.TEMPERROR)]
