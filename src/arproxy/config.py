@@ -120,6 +120,8 @@ class LimitsConfig:
     max_header_size: int
     max_header_fields: int
     bare_newline: Literal["reject", "normalize"]
+    eight_bit_header: Literal["reject", "accept"]
+    data_timeout: float
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,14 @@ def parse_config(text: str, source: str) -> Config:
     )
     for table in sections.values():
         table.finish()
+    if config.limits.data_timeout <= config.relay.timeout + config.dns.message_budget:
+        # The client must still be there to hear the downstream's answer.
+        raise ConfigError(
+            source,
+            "[limits] data_timeout",
+            f"{config.limits.data_timeout} must exceed relay.timeout + dns.message_budget "
+            f"({config.relay.timeout + config.dns.message_budget})",
+        )
     return config
 
 
@@ -296,6 +306,8 @@ def _limits(t: _Table) -> LimitsConfig:
         max_header_size=t.integer("max_header_size", 102_400, minimum=1024),
         max_header_fields=t.integer("max_header_fields", 1000, minimum=10),
         bare_newline=t.choice("bare_newline", "reject", ("reject", "normalize")),
+        eight_bit_header=t.choice("eight_bit_header", "reject", ("reject", "accept")),
+        data_timeout=t.number("data_timeout", 600.0, minimum=1.0),
     )
 
 

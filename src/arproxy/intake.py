@@ -24,11 +24,16 @@ BARE_NEWLINE_REFUSED = Reply.of(
 HEADER_TOO_LARGE = Reply.of(552, "5.3.4", "Message header exceeds the size limit")
 TOO_MANY_FIELDS = Reply.of(552, "5.3.4", "Message header has too many fields")
 NUL_REFUSED = Reply.of(550, "5.6.0", "Message refused: NUL character in the message")
+EIGHT_BIT_HEADER_REFUSED = Reply.of(
+    550, "5.6.0", "Message refused: 8-bit characters in the header without SMTPUTF8 (RFC 6532)"
+)
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 
 
 @dataclass(frozen=True)
 class IntakeLimits:
     bare_newline: str  # "reject" or "normalize"
+    eight_bit_header: str  # "reject" or "accept"
     max_header_size: int
     max_header_fields: int
 
@@ -55,6 +60,10 @@ def take_in(content: bytes, limits: IntakeLimits) -> Intake:
     header = content[: header_end.start() + 2] if header_end else content
     if len(header) > limits.max_header_size:
         return Intake(content, HEADER_TOO_LARGE, f"header of {len(header)} bytes")
+    if limits.eight_bit_header == "reject" and (found := _EIGHT_BIT.search(header)):
+        # We never offer SMTPUTF8, so raw UTF-8 (or Latin-1) in the header breaks
+        # RFC 5322; readers disagree on such bytes, as on bare newlines.
+        return Intake(content, EIGHT_BIT_HEADER_REFUSED, f"8-bit header byte at {found.start()}")
     fields = _count_fields(header)
     if fields > limits.max_header_fields:
         return Intake(content, TOO_MANY_FIELDS, f"{fields} header fields")

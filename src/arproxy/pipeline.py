@@ -56,6 +56,7 @@ class Pipeline:
         self.checks = configured_checks(config.checks)
         self.intake_limits = IntakeLimits(
             bare_newline=config.limits.bare_newline,
+            eight_bit_header=config.limits.eight_bit_header,
             max_header_size=config.limits.max_header_size,
             max_header_fields=config.limits.max_header_fields,
         )

@@ -273,6 +273,13 @@ class ArproxySMTP(SMTP):
         finally:
             self._in_greeting_reply = False
 
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd resets its idle timer per command, not per line of data: give the
+        # whole transfer (and our reply) its own, longer bound.
+        self._reset_timeout(self.config.limits.data_timeout)
+        await super().smtp_DATA(arg)
+        self._reset_timeout()
+
     async def smtp_HELO(self, hostname: str) -> None:
         self._in_greeting_reply = True
         try:

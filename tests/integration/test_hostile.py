@@ -106,6 +106,16 @@ def test_nul_in_data_is_refused(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) 
     assert smtp_sink.messages() == []
 
 
+def test_eight_bit_header_is_refused(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
+    proxy = make_arproxy(smtp_sink.url)
+    raw = Raw(proxy.port)
+    start_transaction(raw)
+    raw.send("Subject: caf\u00e9\r\n\r\nbody\r\n.\r\n".encode())
+    assert raw.reply().startswith(b"550 5.6.0 ")
+    raw.close()
+    assert smtp_sink.messages() == []
+
+
 @pytest.mark.parametrize("helo", [b"bad\rname", b"nul\x00name", b"x" * 300])
 def test_invalid_helo_is_refused_and_session_continues(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink, helo: bytes

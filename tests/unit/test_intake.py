@@ -4,6 +4,7 @@ import pytest
 
 from arproxy.intake import (
     BARE_NEWLINE_REFUSED,
+    EIGHT_BIT_HEADER_REFUSED,
     HEADER_TOO_LARGE,
     NUL_REFUSED,
     TOO_MANY_FIELDS,
@@ -12,8 +13,12 @@ from arproxy.intake import (
     take_in,
 )
 
-REJECT = IntakeLimits(bare_newline="reject", max_header_size=4096, max_header_fields=20)
-NORMALIZE = IntakeLimits(bare_newline="normalize", max_header_size=4096, max_header_fields=20)
+REJECT = IntakeLimits(
+    bare_newline="reject", eight_bit_header="reject", max_header_size=4096, max_header_fields=20
+)
+NORMALIZE = IntakeLimits(
+    bare_newline="normalize", eight_bit_header="accept", max_header_size=4096, max_header_fields=20
+)
 CLEAN = b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"
 
 
@@ -58,3 +63,10 @@ def test_header_limits() -> None:
 def test_normalize_is_idempotent() -> None:
     once = normalize_newlines(b"a\nb\rc\r\nd")
     assert normalize_newlines(once) == once
+
+
+def test_eight_bit_header_bytes() -> None:
+    latin = "Subject: caf\u00e9\r\n\r\nbody \u00e9\r\n".encode()
+    assert take_in(latin, REJECT).refusal == EIGHT_BIT_HEADER_REFUSED
+    assert take_in(latin, NORMALIZE).refusal is None
+    assert take_in(b"Subject: x\r\n\r\n8-bit body \xe9\r\n", REJECT).refusal is None
