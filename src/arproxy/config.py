@@ -9,6 +9,7 @@ to happen (think `trusted_authserv_id` without the "s").
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 import tomllib
@@ -422,6 +423,8 @@ class _Table:
         value = self._get(key, (int, float), "a number")
         if value is None:
             return default
+        if not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, not {value}")
         if value < minimum:
             raise self.error(key, f"{value} is below the minimum {minimum}")
         return float(value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import logging
 import time
@@ -97,7 +98,7 @@ class Resolver:
         self.timeout = timeout
         self.tries = tries
         self.cache_size = cache_size
-        servers = [f"{ns.host}:{ns.port}" if ns.port != 53 else ns.host for ns in nameservers]
+        servers = [_server_text(ns) for ns in nameservers]
         # c-ares retries within its own per-try timeout; an outer wait_for bounds
         # the whole query so a dead server costs `timeout`, not tries x timeout.
         self._resolver = aiodns.DNSResolver(
@@ -120,21 +121,20 @@ class Resolver:
         if cached is not None:
             return cached
         # Concurrent checks often ask the same question (SPF and DMARC both want
-        # the From domain's TXT): share one query instead of sending two.
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            result = await self._query(key[0], rtype)
-            future.set_result(result)
-        finally:
-            del self._inflight[key]
-            if not future.done():
-                future.cancel()
-        self._cache_put(key, result)
-        return result
+        # the From domain's TXT): share one query instead of sending two. The query
+        # is a task of its own, so a waiter that is cancelled (its client went
+        # away) never cancels it for the others.
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._query(key[0], rtype))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._query_done, key))
+        return await asyncio.shield(task)
+
+    def _query_done(self, key: tuple[str, str], task: asyncio.Future[Lookup]) -> None:
+        del self._inflight[key]
+        if not task.cancelled() and task.exception() is None:
+            self._cache_put(key, task.result())
 
     def _cache_get(self, key: tuple[str, str]) -> Lookup | None:
         entry = self._cache.get(key)
@@ -183,6 +183,14 @@ class Resolver:
 
     async def close(self) -> None:
         await self._resolver.close()
+
+
+def _server_text(server: HostPort) -> str:
+    """c-ares' server syntax: "IP", "IP:PORT", or "[IPv6]:PORT"."""
+    if server.port == 53:
+        return server.host
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return f"{host}:{server.port}"
 
 
 def _record_data(data: object) -> RecordData:

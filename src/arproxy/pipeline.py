@@ -9,13 +9,15 @@ reply to give. The server only translates between aiosmtpd and these calls.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from arproxy import authres, policy
 from arproxy.checks.base import MethodResult
@@ -54,6 +56,7 @@ class Pipeline:
         self.relay = relay or make_relay(config.relay, config.server.hostname)
         self.resolver = resolver or Resolver.from_config(config.dns)
         self.checks = configured_checks(config.checks)
+        self._background: set[asyncio.Future[None]] = set()
         self.intake_limits = IntakeLimits(
             bare_newline=config.limits.bare_newline,
             eight_bit_header=config.limits.eight_bit_header,
@@ -62,6 +65,22 @@ class Pipeline:
         )
         own = (config.server.authserv_id, *config.headers.trusted_authserv_ids)
         self.forgery_policy = ForgeryPolicy(own_ids=own, action=config.headers.forged)
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run clean-up work (QUIT to the downstream) without holding a reply for it;
+        the task is kept so it is not collected mid-flight, and awaited at shutdown."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background clean-up failed: %s", error, exc_info=error)
+
+    async def finish_background(self, timeout: float) -> None:
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
 
     def start_session(self, client_ip: str) -> SessionChecks:
         """The checks of a new SMTP session; iprev starts right away."""
@@ -178,7 +197,10 @@ class Transaction:
         prepend = [field.encode("ascii"), received_field(self._trace_info())]
         outcome = rewrite_header(content, prepend, self.pipeline.forgery_policy)
         reply = await self._delivery.send(outcome.message)
-        await self.close()
+        # The reply goes to the client now; QUIT to the downstream can wait. A client
+        # kept waiting for it might time out and resend what was delivered.
+        delivery, self._delivery = self._delivery, None
+        self.pipeline.in_background(delivery.close())
         log.info(
             "%s helo=%s from=<%s> nrcpt=%d size=%d forged=%d results=[%s] relay=%s reply=%r "
             "time=%.3f",

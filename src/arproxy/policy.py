@@ -23,6 +23,9 @@ def recipient_domain(address: str) -> str | None:
     return domain.lower().rstrip(".")
 
 
+_SOURCE_ROUTING = ("%", "!", "@")
+
+
 def may_relay_to(address: str, local_domains: Iterable[str], *, authenticated: bool) -> bool:
     """Whether a recipient may be accepted: a local domain, or any after SMTP AUTH.
 
@@ -33,6 +36,12 @@ def may_relay_to(address: str, local_domains: Iterable[str], *, authenticated: b
         return True
     if address.lower() == "postmaster":
         return True  # RFC 5321 section 4.5.1: the bare Postmaster must always be accepted
+    local_part = address.rpartition("@")[0]
+    if any(router in local_part for router in _SOURCE_ROUTING):
+        # "victim%evil.example@example.com", "evil.example!victim@..." and a quoted
+        # "victim@evil.example": a downstream that trusts us may route on these
+        # (Postfix's allow_percent_hack), which would make us an open relay.
+        return False
     domain = recipient_domain(address)
     return domain is not None and domain in set(local_domains)
 

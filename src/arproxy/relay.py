@@ -22,9 +22,12 @@ from typing import Protocol
 import aiosmtplib
 
 from arproxy.config import Downstream, RelayConfig
+from arproxy.lmtp import LmtpClient, LmtpProtocolError
 from arproxy.replies import DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, LOCAL_ERROR, Reply
 
 log = logging.getLogger("arproxy.relay")
+
+UNSENDABLE_ADDRESS = Reply.of(553, "5.1.3", "Address not accepted: control characters")
 
 
 class Delivery(Protocol):
@@ -58,6 +61,8 @@ def make_relay(config: RelayConfig, helo_name: str) -> Relay:
     if downstream.scheme == "maildir":
         assert downstream.maildir is not None
         return MaildirRelay(downstream.maildir)
+    if downstream.scheme == "lmtp":
+        return LmtpRelay(downstream, config, helo_name)
     return SmtpRelay(downstream, config, helo_name)
 
 
@@ -65,14 +70,13 @@ def make_relay(config: RelayConfig, helo_name: str) -> Relay:
 
 
 class SmtpRelay:
-    """Live relay to an SMTP or LMTP server, one connection per transaction."""
+    """Live relay to an SMTP server, one connection per transaction."""
 
     def __init__(self, downstream: Downstream, config: RelayConfig, helo_name: str) -> None:
         assert downstream.address is not None
         self.downstream = downstream
         self.config = config
         self.helo_name = helo_name
-        self.lmtp = downstream.scheme == "lmtp"
 
     def prepare(self) -> None:
         return None  # connections are opened per transaction
@@ -91,13 +95,7 @@ class SmtpRelay:
             local_hostname=self.helo_name,
         )
         try:
-            await client.connect(timeout=self.config.connect_timeout)
-            await self._greet(client)
-            # aiosmtpd hands the null reverse-path over as "<>"; aiosmtplib writes
-            # MAIL FROM:<> for the empty string and refuses "<>" itself.
-            envelope_sender = "" if sender == "<>" else sender
-            options = _forwardable_options(client, mail_options)
-            response = await client.mail(envelope_sender, options=options)
+            response = await self._start(client, sender, mail_options)
         except (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError) as exc:
             # A downstream that will not talk to us is a fault on our side of the
             # border: the sender must keep the message (4xx), not bounce it.
@@ -106,22 +104,30 @@ class SmtpRelay:
         except aiosmtplib.SMTPResponseException as exc:
             client.close()
             return Opened(None, _refusal(exc, f"MAIL FROM:<{sender}>"))
+        except ValueError:
+            client.close()  # aiosmtplib refuses control characters in the address
+            return Opened(None, UNSENDABLE_ADDRESS)
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             return Opened(None, _failure(exc, str(self.downstream)))
+        except BaseException:
+            client.close()  # cancelled (client gone, shutdown): no connection may leak
+            raise
         return Opened(
-            _SmtpDelivery(client, self.lmtp, str(self.downstream)),
+            _SmtpDelivery(client, str(self.downstream)),
             Reply.from_downstream(response.code, response.message),
         )
 
-    async def _greet(self, client: aiosmtplib.SMTP) -> None:
-        if not self.lmtp:
-            await client.ehlo(hostname=self.helo_name)
-            return
-        response = await client.execute_command(b"LHLO", self.helo_name.encode("ascii"))
-        if response.code != 250:
-            raise aiosmtplib.SMTPHeloError(response.code, response.message)
-        client.last_ehlo_response = response  # records the extensions, skips EHLO
+    async def _start(
+        self, client: aiosmtplib.SMTP, sender: str, mail_options: Sequence[str]
+    ) -> aiosmtplib.SMTPResponse:
+        await client.connect(timeout=self.config.connect_timeout)
+        await client.ehlo(hostname=self.helo_name)
+        # aiosmtpd hands the null reverse-path over as "<>"; aiosmtplib writes
+        # MAIL FROM:<> for the empty string and refuses "<>" itself.
+        envelope_sender = "" if sender == "<>" else sender
+        options = _forwardable_options(client, mail_options)
+        return await client.mail(envelope_sender, options=options)
 
 
 def _forwardable_options(client: aiosmtplib.SMTP, mail_options: Sequence[str]) -> list[str]:
@@ -131,11 +137,9 @@ def _forwardable_options(client: aiosmtplib.SMTP, mail_options: Sequence[str]) -
 
 
 class _SmtpDelivery:
-    def __init__(self, client: aiosmtplib.SMTP, lmtp: bool, name: str) -> None:
+    def __init__(self, client: aiosmtplib.SMTP, name: str) -> None:
         self.client = client
-        self.lmtp = lmtp
         self.name = name
-        self.accepted = 0
         self.finished = False
 
     async def add_recipient(self, recipient: str) -> Reply:
@@ -143,48 +147,22 @@ class _SmtpDelivery:
             response = await self.client.rcpt(recipient)
         except aiosmtplib.SMTPResponseException as exc:
             return _refusal(exc, f"RCPT TO:<{recipient}>")
+        except ValueError:
+            return UNSENDABLE_ADDRESS
         except (aiosmtplib.SMTPException, OSError) as exc:
             return _failure(exc, self.name)
-        self.accepted += 1
         return Reply.from_downstream(response.code, response.message)
 
     async def send(self, message: bytes) -> Reply:
         try:
-            if self.lmtp:
-                reply = await self._send_lmtp(message)
-            else:
-                response = await self.client.data(message)
-                reply = Reply.from_downstream(response.code, response.message)
+            response = await self.client.data(message)
+            reply = Reply.from_downstream(response.code, response.message)
         except aiosmtplib.SMTPResponseException as exc:
             reply = _refusal(exc, "DATA")
         except (aiosmtplib.SMTPException, OSError) as exc:
             reply = _failure(exc, self.name)
         self.finished = reply.is_success
         return reply
-
-    async def _send_lmtp(self, message: bytes) -> Reply:
-        """DATA for LMTP: one reply per accepted recipient (RFC 2033 section 4.2).
-
-        A single SMTP reply has to stand for all of them, and nothing may be
-        acknowledged that was not delivered: any failure wins over success, a
-        temporary one over a permanent one (the sender retries; recipients that
-        were already delivered may see a duplicate, which RFC 2033 accepts as
-        the lesser harm). Each recipient's outcome is logged.
-        """
-        first = await self.client.data(message)  # raises on a first refusal
-        replies = [Reply.from_downstream(first.code, first.message)]
-        protocol = self.client.protocol
-        assert protocol is not None
-        for _ in range(self.accepted - 1):
-            # aiosmtplib reads one reply per command; LMTP sends the rest unasked.
-            # They may already sit in its buffer, so parse that before waiting.
-            protocol._response_pending = True
-            buffered = protocol._read_response_from_buffer()
-            response = buffered or await protocol.read_response(timeout=self.client.timeout)
-            replies.append(Reply.from_downstream(response.code, response.message))
-        for index, reply in enumerate(replies):
-            log.debug("lmtp recipient #%d: %s", index + 1, reply)
-        return _worst(replies)
 
     async def close(self) -> None:
         if not self.client.is_connected:
@@ -206,11 +184,7 @@ def _worst(replies: Sequence[Reply]) -> Reply:
 
 
 def _refusal(exc: aiosmtplib.SMTPResponseException, what: str) -> Reply:
-    reply = Reply.from_downstream(exc.code, exc.message)
-    if exc.code == 421:
-        # The downstream closes on us, but our client's channel stays open: a 421
-        # handed on would tell it that *we* are closing.
-        reply = Reply(451, reply.enhanced or "4.4.2", reply.lines)
+    reply = _passed_on(Reply.from_downstream(exc.code, exc.message))
     if exc.code < 400:
         log.warning("downstream answered %s with unexpected %s", what, reply)
         return LOCAL_ERROR
@@ -223,6 +197,109 @@ def _failure(exc: BaseException, name: str) -> Reply:
         return DOWNSTREAM_TIMEOUT
     log.warning("downstream %s unavailable: %s", name, exc)
     return DOWNSTREAM_UNAVAILABLE
+
+
+# --- LMTP --------------------------------------------------------------------
+
+
+class LmtpRelay:
+    """Live relay to an LMTP server (Dovecot, Cyrus), one connection per transaction."""
+
+    def __init__(self, downstream: Downstream, config: RelayConfig, helo_name: str) -> None:
+        assert downstream.address is not None
+        self.address = downstream.address
+        self.name = str(downstream)
+        self.config = config
+        self.helo_name = helo_name
+
+    def prepare(self) -> None:
+        return None
+
+    async def open(self, sender: str, mail_options: Sequence[str]) -> Opened:
+        try:
+            client, greeting = await LmtpClient.connect(
+                self.address.host,
+                self.address.port,
+                connect_timeout=self.config.connect_timeout,
+                timeout=self.config.timeout,
+            )
+        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+            return Opened(None, _failure(exc, self.name))
+        try:
+            reply = await self._start(client, greeting, sender)
+        except ValueError:
+            reply = UNSENDABLE_ADDRESS
+        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+            reply = _failure(exc, self.name)
+        except BaseException:
+            client.close()
+            raise
+        if not reply.is_success:
+            client.close()
+            return Opened(None, reply)
+        return Opened(_LmtpDelivery(client, self.name), reply)
+
+    async def _start(self, client: LmtpClient, greeting: Reply, sender: str) -> Reply:
+        if greeting.code != 220:
+            return _failure(LmtpProtocolError(f"greeting {greeting}"), self.name)
+        hello = await client.command("LHLO", self.helo_name)
+        if hello.code != 250:
+            return _failure(LmtpProtocolError(f"LHLO answered {hello}"), self.name)
+        envelope_sender = "" if sender == "<>" else sender
+        return _passed_on(await client.command("MAIL", f"FROM:<{envelope_sender}>"))
+
+
+class _LmtpDelivery:
+    def __init__(self, client: LmtpClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.accepted = 0
+        self.finished = False
+
+    async def add_recipient(self, recipient: str) -> Reply:
+        try:
+            reply = _passed_on(await self.client.command("RCPT", f"TO:<{recipient}>"))
+        except ValueError:
+            return UNSENDABLE_ADDRESS
+        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+            return _failure(exc, self.name)
+        if reply.is_success:
+            self.accepted += 1
+        return reply
+
+    async def send(self, message: bytes) -> Reply:
+        """One reply must stand for all recipients (RFC 2033 section 4.2), and nothing
+        may be acknowledged that was not delivered: a temporary failure of any
+        recipient wins (the sender retries; those already delivered may see a
+        duplicate, the lesser harm), then a permanent one; 250 only if all got it.
+        """
+        try:
+            start, replies = await self.client.data(message, self.accepted)
+        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+            return _failure(exc, self.name)
+        if start.code != 354:
+            return _passed_on(start)
+        for index, reply in enumerate(replies, start=1):
+            log.info("lmtp %s recipient #%d: %s", self.name, index, reply)
+        self.finished = all(reply.is_success for reply in replies)
+        return _worst([_passed_on(reply) for reply in replies])
+
+    async def close(self) -> None:
+        try:
+            if not self.finished:
+                await self.client.command("RSET")
+            await self.client.command("QUIT")
+        except (OSError, TimeoutError, LmtpProtocolError):
+            pass  # the transaction is over either way
+        finally:
+            self.client.close()
+
+
+def _passed_on(reply: Reply) -> Reply:
+    """A downstream reply as our client may get it (a 421 would say *we* close)."""
+    if reply.code == 421:
+        return Reply(451, reply.enhanced or "4.4.2", reply.lines)
+    return reply
 
 
 # --- Maildir -----------------------------------------------------------------

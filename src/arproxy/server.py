@@ -28,12 +28,14 @@ from arproxy.checks.runner import SessionChecks
 from arproxy.config import Config
 from arproxy.pipeline import ClientInfo, Pipeline, Transaction, printable
 from arproxy.replies import LOCAL_ERROR, SENDER_OK, SHUTTING_DOWN, Reply
+from arproxy.ratelimit import client_key
 from arproxy.smtpauth import Authenticator
 from arproxy.tls import ReloadableContext
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PENDING = "arproxy: credentials to check"
 TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
+LINE_TOO_LONG = Reply.of(500, "5.5.6", "Line too long")
 INVALID_HELO = Reply.of(501, "5.5.4", "Invalid HELO/EHLO argument")
 _HELO_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 PROXY_HEADER_TIMEOUT = 5.0  # seconds a trusted proxy has to send the PROXY header
@@ -101,7 +103,10 @@ class SessionRegistry:
         return None
 
     def count_client(self, client_ip: str) -> int:
-        return sum(1 for protocol in self.open if protocol.client_text == client_ip)
+        """Open sessions from this client: per address for IPv4, per /64 for IPv6
+        (one IPv6 host has a whole /64 to pick addresses from)."""
+        key = client_key(client_ip)
+        return sum(1 for protocol in self.open if client_key(protocol.client_text) == key)
 
     async def drain(self, grace: float) -> None:
         """Close idle sessions now, busy ones when done, the rest after `grace`."""
@@ -176,9 +181,9 @@ class ArproxySMTP(SMTP):
         after.client_ip = before.client_ip
         after.checks = before.checks
         if before.transaction is not None:
-            self.loop.create_task(before.transaction.close())
+            self.pipeline.in_background(before.transaction.close())
         if after.checks is not None:
-            after.checks.reset_transaction()
+            after.checks.on_starttls()
 
     def admit_client(self, client_ip: str) -> bool:
         """The client's address is known (PROXY header or socket): start its checks."""
@@ -209,7 +214,7 @@ class ArproxySMTP(SMTP):
                 session.checks.close()
             if session.transaction is not None:
                 transaction, session.transaction = session.transaction, None
-                self.loop.create_task(transaction.close())
+                self.pipeline.in_background(transaction.close())
         log.info("disconnect from %s", self.client_text)
 
     @property
@@ -358,10 +363,10 @@ class SessionHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
+        await self._abandon(session)  # aiosmtpd has reset the envelope already
         if not helo_acceptable(hostname):
             log.info("client=%s invalid EHLO %s: refused", server.client_text, printable(hostname))
             return [str(INVALID_HELO)]
-        await self._abandon(session)
         session.host_name = hostname  # aiosmtpd leaves this to a hook that exists
         _checks(session).on_helo(hostname)
         extra = ["250-ENHANCEDSTATUSCODES", "250-PIPELINING"]
@@ -376,10 +381,10 @@ class SessionHandler:
     async def handle_HELO(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, hostname: str
     ) -> str:
+        await self._abandon(session)
         if not helo_acceptable(hostname):
             log.info("client=%s invalid HELO %s: refused", server.client_text, printable(hostname))
             return str(INVALID_HELO)
-        await self._abandon(session)
         session.host_name = hostname
         _checks(session).on_helo(hostname)
         return f"250 {self.config.server.hostname}"
@@ -427,6 +432,11 @@ class SessionHandler:
         assert isinstance(content, bytes), "decode_data is off"
         try:
             reply = await transaction.deliver(content)
+        except Exception as error:  # noqa: BLE001  # a bug of ours must not cost the mail
+            # Answered here rather than in handle_exception, so aiosmtpd still resets
+            # the transaction state and the session stays usable.
+            log.error("internal error in DATA: %s", error, exc_info=error)
+            reply = LOCAL_ERROR
         finally:
             await transaction.close()
             # Cleared only now and with no await before the reply is pushed, so a
@@ -447,6 +457,10 @@ class SessionHandler:
         return f"221 2.0.0 {self.config.server.hostname} closing connection"
 
     async def handle_exception(self, error: Exception) -> str:
+        if _is_line_overflow(error):
+            # An over-long line inside an AUTH exchange: the client's fault, one line.
+            log.info("line too long from client: %s", error)
+            return str(LINE_TOO_LONG)
         if isinstance(error, TLSSetupException):
             # A client's failed handshake (old protocol, bad hello) is its problem:
             # one line, and aiosmtpd closes the connection.
@@ -463,6 +477,14 @@ class SessionHandler:
             session.checks.reset_transaction()
         if transaction is not None:
             await transaction.close()
+
+
+def _is_line_overflow(error: Exception) -> bool:
+    # asyncio's StreamReader.readline() turns its LimitOverrunError into a ValueError
+    # carrying this text; aiosmtpd's AUTH challenge reads lines with it.
+    return isinstance(error, asyncio.LimitOverrunError) or (
+        isinstance(error, ValueError) and "chunk exceed the limit" in str(error)
+    )
 
 
 def helo_acceptable(hostname: str) -> bool:

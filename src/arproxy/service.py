@@ -20,6 +20,8 @@ from arproxy.users import UsersFile, UsersFileError
 
 log = logging.getLogger("arproxy.service")
 
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
 
 class StartupError(Exception):
     """A file named by the configuration cannot be used; the message says which."""
@@ -95,6 +97,7 @@ async def serve(
     await registry.drain(config.server.shutdown_grace)
     for listener in listeners:
         await listener.wait_closed()
+    await pipeline.finish_background(timeout=10.0)
     await pipeline.resolver.close()
     log.info("stopped")
 
@@ -113,7 +116,13 @@ async def _listen(
         ssl_context = handler.tls.front_context()
     factory = make_protocol_factory(config, handler, registry, implicit_tls=implicit)
     return await asyncio.get_running_loop().create_server(
-        factory, host=address.host, port=address.port, ssl=ssl_context
+        factory,
+        host=address.host,
+        port=address.port,
+        ssl=ssl_context,
+        # Connection limits apply once the handshake is done: keep the time a
+        # silent client can hold a socket before that short.
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
     )
 
 

@@ -20,6 +20,10 @@ LOCAL = ("example.com",)
         ("bob", False),
         ("@example.com", False),
         ('"bob@example.com"@evil.net', False),
+        ("victim%evil.net@example.com", False),
+        ("evil.net!victim@example.com", False),
+        ('"victim@evil.net"@example.com', False),
+        ("first.last+tag@example.com", True),
     ],
 )
 def test_relay_control(address: str, allowed: bool) -> None:

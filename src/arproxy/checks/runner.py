@@ -50,9 +50,10 @@ class _Running:
         self.ctx = ctx
         self.task = asyncio.ensure_future(check.run(ctx, dns))
 
-    def outcome(self) -> tuple[MethodResult, ...]:
+    def outcome(self, *, cancel_if_running: bool = True) -> tuple[MethodResult, ...]:
         if not self.task.done():
-            self.task.cancel()
+            if cancel_if_running:
+                self.task.cancel()
             return self.check.on_timeout(self.ctx)
         if self.task.cancelled():
             return self.check.on_timeout(self.ctx)
@@ -98,6 +99,13 @@ class SessionChecks:
         self.ctx = dataclasses.replace(self.ctx, helo=helo)
         self._session[Stage.HELO] = self._start(Stage.HELO, self.ctx)
 
+    def on_starttls(self) -> None:
+        """RFC 3207 4.2: after STARTTLS the client starts over (EHLO, AUTH); only
+        what belongs to the connection (iprev) is kept."""
+        self.reset_transaction()
+        _cancel(self._session.pop(Stage.HELO, []))
+        self.ctx = CheckContext(client_ip=self.ctx.client_ip)
+
     def on_auth(self, identity: str) -> None:
         self.ctx = dataclasses.replace(self.ctx, auth_identity=identity, auth_failed_identity=None)
 
@@ -126,14 +134,28 @@ class SessionChecks:
         ctx = dataclasses.replace(self._transaction_ctx or self.ctx, message=message)
         data = self._start(Stage.DATA, ctx)
         earlier = [r for runs in (*self._session.values(), mail) for r in runs]
-        await _wait([*earlier, *data], deadline - loop.time())
-        results = [result for running in (*earlier, *data) for result in running.outcome()]
-        # DMARC sees the SPF result we report, the one for the identity that counts.
-        final_ctx = dataclasses.replace(ctx, prior=ordered(results))
-        after = self._start(Stage.AFTER_CHECKS, final_ctx)
-        await _wait(after, deadline - loop.time())
-        results += [result for running in after for result in running.outcome()]
-        self.reset_transaction()
+        after: list[_Running] = []
+        try:
+            await _wait([*earlier, *data], deadline - loop.time())
+            # A session check (iprev, SPF for HELO) still running is reported as its
+            # timeout for this message but left to finish for the next one.
+            session_runs = [r for runs in self._session.values() for r in runs]
+            results = [
+                result
+                for running in (*earlier, *data)
+                for result in running.outcome(cancel_if_running=running not in session_runs)
+            ]
+            # DMARC sees the SPF result we report, the one for the identity that counts.
+            final_ctx = dataclasses.replace(ctx, prior=ordered(results))
+            after = self._start(Stage.AFTER_CHECKS, final_ctx)
+            await _wait(after, deadline - loop.time())
+            results += [result for running in after for result in running.outcome()]
+        finally:
+            # Cancelled (the client went away mid-DATA) or done: nothing of this
+            # message's checks may keep running unowned.
+            _cancel(data)
+            _cancel(after)
+            self.reset_transaction()
         return ordered(results)
 
     def close(self) -> None:
