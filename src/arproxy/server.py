@@ -27,8 +27,8 @@ from aiosmtpd.smtp import (
 from arproxy.checks.runner import SessionChecks
 from arproxy.config import Config
 from arproxy.pipeline import ClientInfo, Pipeline, Transaction, printable
-from arproxy.replies import LOCAL_ERROR, SENDER_OK, SHUTTING_DOWN, Reply
 from arproxy.ratelimit import client_key
+from arproxy.replies import LOCAL_ERROR, SENDER_OK, SHUTTING_DOWN, Reply
 from arproxy.smtpauth import Authenticator
 from arproxy.tls import ReloadableContext
 
@@ -432,7 +432,7 @@ class SessionHandler:
         assert isinstance(content, bytes), "decode_data is off"
         try:
             reply = await transaction.deliver(content)
-        except Exception as error:  # noqa: BLE001  # a bug of ours must not cost the mail
+        except Exception as error:  # a bug of ours must not cost the mail
             # Answered here rather than in handle_exception, so aiosmtpd still resets
             # the transaction state and the session stays usable.
             log.error("internal error in DATA: %s", error, exc_info=error)
