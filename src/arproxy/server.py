@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import (
+    MISSING,
     SMTP,
     AuthResult,
     Envelope,
@@ -36,6 +37,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PENDING = "arproxy: credentials to check"
 TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
 LINE_TOO_LONG = Reply.of(500, "5.5.6", "Line too long")
+AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "AUTH not permitted during a mail transaction")
+# Per session: a client re-sending EHLO (each starts an SPF check) or anything else
+# without end is cut off with aiosmtpd's "421 4.7.0 <cmd> sent too many times".
+COMMAND_CALL_LIMITS = {"EHLO": 50, "HELO": 50, "*": 5000}
 INVALID_HELO = Reply.of(501, "5.5.4", "Invalid HELO/EHLO argument")
 _HELO_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 PROXY_HEADER_TIMEOUT = 5.0  # seconds a trusted proxy has to send the PROXY header
@@ -355,6 +360,13 @@ class SessionHandler:
             return False
         return server.admit_client(client_ip)
 
+    async def handle_AUTH(
+        self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, args: list[str]
+    ) -> object:
+        if session.transaction is not None:
+            return str(AUTH_IN_TRANSACTION)  # RFC 4954 section 4
+        return MISSING  # aiosmtpd goes on with the mechanism
+
     async def handle_EHLO(
         self,
         server: ArproxySMTP,
@@ -548,6 +560,7 @@ def make_protocol_factory(
             auth_require_tls=not (config.auth.allow_plaintext or implicit_tls),
             auth_exclude_mechanism=None if handler.authenticator else ["PLAIN", "LOGIN"],
             proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if config.server.proxy_protocol else None,
+            command_call_limit=COMMAND_CALL_LIMITS,
         )
 
     return factory

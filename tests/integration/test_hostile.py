@@ -214,3 +214,15 @@ def test_proxy_protocol_refuses_untrusted_peers(
         assert raw.stream.readline() == b"", "closed without a banner"
     raw.close()
     assert "connection not from a trusted proxy" in proxy.log
+
+
+def test_ehlo_flood_is_cut_off(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
+    proxy = make_arproxy(smtp_sink.url)
+    raw = Raw(proxy.port)
+    assert raw.reply().startswith(b"220 ")
+    raw.send(b"EHLO flood.example.org\r\n" * 51)
+    replies = [raw.reply() for _ in range(51)]
+    assert all(r.startswith(b"250-") for r in replies[:50])
+    assert replies[50] == b"421 4.7.0 EHLO sent too many times"
+    assert raw.stream.readline() == b""
+    raw.close()

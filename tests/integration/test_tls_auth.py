@@ -174,3 +174,17 @@ def test_tls_below_1_2_is_refused(
         client.ehlo("client.example.org")
         with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
             client.starttls(context=old)
+
+
+def test_auth_inside_a_transaction_is_refused(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, tls_files: tuple[Path, Path, Path]
+) -> None:
+    proxy = make_arproxy(smtp_sink.url, extra=security_options(tls_files, plaintext=True))
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+        client.ehlo("client.example.org")
+        client.mail("a@example.org")
+        plain = base64.b64encode(b"\0alice\0correct horse").decode()
+        assert client.docmd("AUTH", f"PLAIN {plain}") == (
+            503,
+            b"5.5.1 AUTH not permitted during a mail transaction",
+        )
