@@ -1,18 +1,31 @@
-"""Command-line entry points: `arproxy serve`, `check-config` and `check`."""
+"""Command-line entry points: `arproxy serve`, `check-config`, `check`, `passwd`, `probe`
+and `results`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arproxy import __version__
 from arproxy.config import Config, ConfigError, load_config
 
+if TYPE_CHECKING:
+    from arproxy.probe import Phase, ProbeOptions, ProbeResult
+
 EXIT_OK = 0
 EXIT_CONFIG = 2
+# probe: AUTHSERV advertised / not advertised / no answer; results: some / none / error
+EXIT_FOUND = 0
+EXIT_NOT_FOUND = 1
+EXIT_ERROR = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,7 +87,79 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("file", metavar="FILE")
     passwd.add_argument("user", metavar="USER")
     passwd.set_defaults(run=_passwd)
+    _add_probe_command(commands)
+    _add_results_command(commands)
     return parser
+
+
+def _add_probe_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    probe = commands.add_parser(
+        "probe",
+        help="ask a server whether it advertises AUTHSERV, and its authserv-id",
+        description="Run the client procedure of draft-kucherawy-sender-auth-caps: EHLO, "
+        "IMAP CAPABILITY or POP3 CAPA (again after logging in with --user), then QUIT or "
+        "LOGOUT. Exit 0 when AUTHSERV is advertised, 1 when it is not, 2 when the server "
+        "cannot be asked (the reason goes to standard error).",
+    )
+    probe.add_argument("target", metavar="HOST[:PORT]", help="the server ([v6]:port for IPv6)")
+    _add_probe_options(probe)
+    probe.add_argument("--json", action="store_true", help="print the result as JSON")
+    probe.set_defaults(run=_probe)
+
+
+def _add_results_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    results = commands.add_parser(
+        "results",
+        help="print the Authentication-Results a mail client may trust",
+        description="Print the results of the message's top-level Authentication-Results "
+        "fields whose authserv-id is ID (compared as the border compares it; version 1 only; "
+        "fields that do not parse are ignored). Exit 0 when there are some, 1 when there "
+        "are none, 2 on an error. The probe options apply with --probe.",
+    )
+    results.add_argument(
+        "message", metavar="FILE", nargs="?", default="-", help="the message (- or none: stdin)"
+    )
+    source = results.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trust", metavar="ID", help="the authserv-id to trust (exactly one)")
+    source.add_argument(
+        "--probe", metavar="HOST[:PORT]", help="learn the id by probing this server first"
+    )
+    _add_probe_options(results)
+    results.add_argument("--json", action="store_true", help="print the results as JSON")
+    results.set_defaults(run=_results)
+
+
+def _add_probe_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=("smtp", "imap", "pop3"), default="smtp")
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument(
+        "--starttls",
+        dest="security",
+        action="store_const",
+        const="starttls",
+        help="upgrade with STARTTLS (POP3: STLS) before asking",
+    )
+    security.add_argument(
+        "--tls",
+        dest="security",
+        action="store_const",
+        const="tls",
+        help="TLS from the first byte (default ports 465, 993, 995)",
+    )
+    parser.set_defaults(security="plain")
+    parser.add_argument(
+        "--user", help="log in (SMTP AUTH, IMAP LOGIN, POP3 USER/PASS) and ask again"
+    )
+    parser.add_argument(
+        "--password",
+        help="the password for --user (default: asked on the terminal, or one line "
+        "from standard input)",
+    )
+    parser.add_argument("--cafile", metavar="PEM", help="trust these CAs instead of the system's")
+    parser.add_argument(
+        "--insecure", action="store_true", help="do not verify the certificate (test servers)"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
 
 
 def _passwd(args: argparse.Namespace) -> int:
@@ -139,12 +224,109 @@ def _check_message(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from arproxy.probe import describe  # noqa: PLC0415
+
+    result = _run_probe(args, args.target)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif result.error is None:
+        print(describe(result))
+    if result.error is not None:
+        return EXIT_ERROR
+    return EXIT_FOUND if result.advertised else EXIT_NOT_FOUND
+
+
+def _results(args: argparse.Namespace) -> int:
+    from arproxy.authres.trusted import (  # noqa: PLC0415
+        result_as_dict,
+        result_as_text,
+        trusted_results,
+    )
+
+    authserv_id = args.trust if args.trust is not None else _probed_id(args)
+    if authserv_id is None:
+        return EXIT_ERROR
+    try:
+        message = (
+            sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+        )
+        results = trusted_results(message, authserv_id)
+    except OSError as exc:
+        return _complain(args, f"cannot read {args.message}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return _complain(args, str(exc))
+    if args.json:
+        print(json.dumps([result_as_dict(res) for res in results], indent=2))
+    else:
+        for res in results:
+            print(result_as_text(res))
+    return EXIT_FOUND if results else EXIT_NOT_FOUND
+
+
+def _probed_id(args: argparse.Namespace) -> str | None:
+    """The authserv-id ``--probe`` learns, or None after saying why there is none."""
+    from arproxy.probe import describe  # noqa: PLC0415
+
+    result = _run_probe(args, args.probe)
+    if result.error is not None:
+        return None
+    if result.authserv_id is None:
+        _complain(args, f"{describe(result)}: no authserv-id to trust")
+        return None
+    return result.authserv_id
+
+
+def _run_probe(args: argparse.Namespace, target: str) -> ProbeResult:
+    """Probe ``target`` as the options say; a failure is said on stderr and returned."""
+    from arproxy.probe import ProbeError, ProbeResult, default_port, parse_target, probe  # noqa: PLC0415
+
+    phase: Phase = "pre-auth" if args.user is None else "post-auth"
+    host, port = target, 0
+    try:
+        host, given_port = parse_target(target)
+        options = _probe_options(args)
+        port = given_port or default_port(args.protocol, options.security)
+        if options.credentials is not None and options.security == "plain":
+            print(
+                f"arproxy {args.command}: warning: the password goes unencrypted", file=sys.stderr
+            )
+        return probe(args.protocol, host, port, options)
+    except (ValueError, ProbeError) as exc:
+        _complain(args, f"{target}: {exc}")
+        return ProbeResult.failed(args.protocol, host, port, phase, str(exc))
+
+
+def _probe_options(args: argparse.Namespace) -> ProbeOptions:
+    from arproxy.probe import Credentials, ProbeOptions  # noqa: PLC0415
+
+    credentials = None if args.user is None else Credentials(args.user, _password(args))
+    return ProbeOptions(args.security, credentials, args.cafile, args.insecure, args.timeout)
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        password: str = args.password
+        return password
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {args.user}: ")
+    if getattr(args, "message", None) == "-":
+        raise ValueError("give --password: standard input carries the message")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _complain(args: argparse.Namespace, problem: str) -> int:
+    print(f"arproxy {args.command}: {problem}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # aiosmtpd logs every command line at INFO (and would log AUTH exchanges):
-    # keep its voice for warnings, ours gives one line per decision.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.root.level))
+    # aiosmtpd logs every command line at INFO (and would log AUTH exchanges), and
+    # its warnings echo client bytes unescaped: ours give one escaped line per
+    # decision, so aiosmtpd only speaks for errors.
+    logging.getLogger("mail.log").setLevel(max(logging.ERROR, logging.root.level))

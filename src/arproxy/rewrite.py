@@ -51,6 +51,14 @@ class _Field:
     stop: int
 
 
+@dataclass(frozen=True)
+class _ArField(_Field):
+    """An Authentication-Results field: where its name ends on its first line, its value."""
+
+    name_end: int
+    value: bytes
+
+
 def rewrite_header(
     message: bytes, prepend: Sequence[bytes], policy: ForgeryPolicy
 ) -> RewriteOutcome:
@@ -63,25 +71,46 @@ def rewrite_header(
         if not new_field.endswith(_CRLF):
             raise ValueError("a prepended field must end with CRLF")
     header, rest = _split_header(message)
-    # Fields are found with universal line ends (CRLF, LF, bare CR), as Python's email package
-    # reads them: a field hidden behind a bare CR is seen by some readers, so it is seen here.
-    lines = header.splitlines(keepends=True)
+    lines = _header_lines(header)
     removed: list[str] = []
     # Back to front, so that the line indices of the fields still to visit stay valid.
-    for field in reversed(_fields(lines)):
-        match = _AR_FIELD_START.match(lines[field.start])
-        if match is None:
-            continue
-        forged_id = _forged_id(b"".join(lines[field.start : field.stop])[match.end() :], policy)
+    for field in reversed(_authentication_results_fields(lines)):
+        forged_id = _forged_id(field.value, policy)
         if forged_id is None:
             continue
         removed.append(forged_id)
         if policy.action == "rename":
-            lines[field.start] = _RENAMED_FIELD + lines[field.start][match.end(1) :]
+            lines[field.start] = _RENAMED_FIELD + lines[field.start][field.name_end :]
         else:
             del lines[field.start : field.stop]
     new_fields = [_with_line_ends_of(message, new_field) for new_field in prepend]
     return RewriteOutcome(b"".join([*new_fields, *lines, rest]), tuple(reversed(removed)))
+
+
+def authentication_results_values(message: bytes) -> list[bytes]:
+    """The values of the top-level Authentication-Results fields, in order, as found here.
+
+    Each value is the raw text after the colon, folds and line ends included, of a field that
+    ``rewrite_header`` examines: the same header block, the same field boundaries.
+    """
+    header, _ = _split_header(message)
+    return [field.value for field in _authentication_results_fields(_header_lines(header))]
+
+
+def _header_lines(header: bytes) -> list[bytes]:
+    # Fields are found with universal line ends (CRLF, LF, bare CR), as Python's email package
+    # reads them: a field hidden behind a bare CR is seen by some readers, so it is seen here.
+    return header.splitlines(keepends=True)
+
+
+def _authentication_results_fields(header_lines: list[bytes]) -> list[_ArField]:
+    found: list[_ArField] = []
+    for field in _fields(header_lines):
+        match = _AR_FIELD_START.match(header_lines[field.start])
+        if match is not None:
+            value = b"".join(header_lines[field.start : field.stop])[match.end() :]
+            found.append(_ArField(field.start, field.stop, match.end(1), value))
+    return found
 
 
 def _split_header(message: bytes) -> tuple[bytes, bytes]:

@@ -1,0 +1,111 @@
+"""The reader's side of RFC 8601 section 5: the results a mail client may act on.
+
+Behind a border that strips forged fields (arproxy, which promises so with AUTHSERV), a field
+carrying the border's authserv-id was written by the border. ``trusted_results`` returns the
+results of exactly those fields: top-level Authentication-Results fields found as the rewrite
+finds them, whose id equals the trusted one under the rewrite's comparison, of version 1 (or
+none). A field of another version is ignored (RFC 8601 section 2.2), and so is a field that
+the strict parser refuses: the border never writes one, so it is not the border's.
+
+The trusted id is one exact id: the ``.example.com`` subdomain form of
+``headers.trusted_authserv_ids`` widens what the border removes, which is safe; on the
+reading side it would widen what is believed, which is not.
+"""
+
+import json
+import re
+
+# A module, not its names: rewrite imports this package, so this import may run while rewrite
+# is only half loaded; its functions are looked up when called.
+from .. import rewrite
+from .chars import is_token_char
+from .errors import AuthResSyntaxError
+from .ids import authserv_id_matches, normalize_authserv_id
+from .model import ResInfo
+from .parser import parse
+
+_VERSION_1 = "1"
+_SUBDOMAIN_MARK = "."
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+_CRLF = b"\r\n"
+
+
+def trusted_results(message: bytes, authserv_id: str) -> tuple[ResInfo, ...]:
+    """The results of the message's Authentication-Results fields carrying ``authserv_id``.
+
+    In field order (top first), and within a field in the order written. Raises ValueError if
+    ``authserv_id`` is not an id (empty, or the ``.domain`` subdomain pattern).
+    """
+    _check_trusted_id(authserv_id)
+    results: list[ResInfo] = []
+    for value in rewrite.authentication_results_values(message):
+        try:
+            header = parse(_with_crlf_line_ends(value).decode("utf-8", errors="surrogateescape"))
+        except AuthResSyntaxError:
+            continue
+        if _is_version_1(header.version) and authserv_id_matches(
+            header.authserv_id, (authserv_id,)
+        ):
+            results.extend(header.results)
+    return tuple(results)
+
+
+def is_plain_authserv_id(text: str) -> bool:
+    """Whether ``text`` is an authserv-id as a capability carries it: an RFC 2045 token.
+
+    Exactly the ids a field can carry unquoted, so exactly what the comparison can match.
+    """
+    return bool(text) and all(is_token_char(char) for char in text)
+
+
+def result_as_dict(res: ResInfo) -> dict[str, object]:
+    """A JSON-ready form: method, method_version, result, reason, properties."""
+    return {
+        "method": res.method,
+        "method_version": res.method_version,
+        "result": res.result,
+        "reason": res.reason,
+        "properties": [
+            {"ptype": prop.ptype, "property": prop.name, "value": prop.value}
+            for prop in res.properties
+        ],
+    }
+
+
+def result_as_text(res: ResInfo) -> str:
+    """One line, ``method=result reason="..." ptype.property=value``.
+
+    A value that is not a plain token is written as a JSON string, so control characters and
+    non-ASCII text from the message reach a terminal escaped.
+    """
+    method = res.method if res.method_version is None else f"{res.method}/{res.method_version}"
+    words = [f"{method}={res.result}"]
+    if res.reason is not None:
+        words.append(f"reason={_printable(res.reason)}")
+    words.extend(f"{prop.ptype}.{prop.name}={_printable(prop.value)}" for prop in res.properties)
+    return " ".join(words)
+
+
+def _check_trusted_id(authserv_id: str) -> None:
+    if not normalize_authserv_id(authserv_id):
+        raise ValueError("the trusted authserv-id is empty")
+    if authserv_id.startswith(_SUBDOMAIN_MARK):
+        raise ValueError(
+            f"{authserv_id!r} is a subdomain pattern, not an authserv-id: trust one exact id"
+        )
+
+
+def _is_version_1(version: str | None) -> bool:
+    # Compared as a number ("01" is 1) without int(), which refuses very long digit strings.
+    return version is None or version.lstrip("0") == _VERSION_1
+
+
+def _with_crlf_line_ends(value: bytes) -> bytes:
+    """Every line end as CRLF: the rewrite found the field with universal line ends."""
+    return _ANY_LINE_END.sub(_CRLF, value)
+
+
+def _printable(value: str) -> str:
+    if value and all(is_token_char(char) or char in "@" for char in value):
+        return value
+    return json.dumps(value)
