@@ -170,7 +170,7 @@ class Transaction:
         config = self.pipeline.config
         intake = take_in(content, self.pipeline.intake_limits)
         if intake.refusal is not None:
-            await self.close()
+            self._close_later()
             log.info(
                 "%s from=<%s> reject: %s (%s)",
                 self._log_prefix(),
@@ -184,7 +184,7 @@ class Transaction:
         field = format_results(config.server.authserv_id, results)
         verdict = policy.decide(results, config.policy)
         if verdict.reply is not None:
-            await self.close()
+            self._close_later()
             log.info(
                 "%s from=<%s> reject by policy (%s): %s | %s",
                 self._log_prefix(),
@@ -197,10 +197,7 @@ class Transaction:
         prepend = [field.encode("ascii"), received_field(self._trace_info())]
         outcome = rewrite_header(content, prepend, self.pipeline.forgery_policy)
         reply = await self._delivery.send(outcome.message)
-        # The reply goes to the client now; QUIT to the downstream can wait. A client
-        # kept waiting for it might time out and resend what was delivered.
-        delivery, self._delivery = self._delivery, None
-        self.pipeline.in_background(delivery.close())
+        self._close_later()
         log.info(
             "%s helo=%s from=<%s> nrcpt=%d size=%d forged=%d results=[%s] relay=%s reply=%r "
             "time=%.3f",
@@ -223,6 +220,13 @@ class Transaction:
                 ", ".join(printable(i) for i in outcome.removed),
             )
         return reply
+
+    def _close_later(self) -> None:
+        """End the downstream transaction without holding our reply for its RSET/QUIT:
+        a client kept waiting might time out and resend what was already delivered."""
+        delivery, self._delivery = self._delivery, None
+        if delivery is not None:
+            self.pipeline.in_background(delivery.close())
 
     def _trace_info(self) -> TraceInfo:
         return TraceInfo(
