@@ -24,8 +24,9 @@ is included"), decided by `reported`:
   the HELO result, written as `smtp.helo`.
 
 `policy` (RFC 8601 section 2.7.2: SPF authorized the client, but local policy finds the result
-unacceptable) is never produced here; the policy module may turn a result into it with
-`dataclasses.replace(result, value=Value.POLICY)`.
+unacceptable) is our local rule for a pass that only the `all` mechanism gave (`+all`, or a
+record whose every term is `all`): such a record authorizes every host on the Internet, so the
+pass says nothing about the sender, and DMARC must not align on it.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ _COMMENTS = {
     Value.FAIL: "{ip} is not authorized",
     Value.SOFTFAIL: "{ip} is probably not authorized",
     Value.NEUTRAL: "{ip} is neither authorized nor refused",
-    Value.POLICY: "{ip} is authorized, but refused by local policy",
+    Value.POLICY: "{ip} is authorized only by +all: not accepted by local policy",
     Value.TEMPERROR: "temporary DNS error",
     Value.PERMERROR: "unusable SPF record",
 }
@@ -338,13 +339,20 @@ async def _evaluate(dns: Resolver, request: SpfRequest, query_time: float) -> tu
     loop = asyncio.get_running_loop()
     bridge = DnsBridge(loop, dns, lookup_timeout=dns.timeout + LOOKUP_MARGIN)
     try:
-        outcome, explanation = await loop.run_in_executor(
+        outcome, explanation, mechanism = await loop.run_in_executor(
             _WORKER_POOL, evaluate_blocking, bridge, request, query_time
         )
     except asyncio.CancelledError:
         bridge.cancel()
         raise
-    return spf_value(outcome), explanation
+    value = spf_value(outcome)
+    if value is Value.PASS and mechanism in _EVERY_HOST:
+        return Value.POLICY, f"pass by {mechanism} only"
+    return value, explanation
+
+
+# The matching mechanism (pyspf's `mechanism`) of a pass that authorizes every host.
+_EVERY_HOST = frozenset({"all", "+all"})
 
 
 def spf_value(outcome: str) -> Value:
@@ -355,8 +363,11 @@ def spf_value(outcome: str) -> Value:
         raise UnexpectedSpfResult(f"pyspf returned {outcome!r}") from None
 
 
-def evaluate_blocking(bridge: DnsBridge, request: SpfRequest, query_time: float) -> tuple[str, str]:
-    """Run pyspf for `request` in this (worker) thread: (result, explanation).
+def evaluate_blocking(
+    bridge: DnsBridge, request: SpfRequest, query_time: float
+) -> tuple[str, str, str]:
+    """Run pyspf for `request` in this (worker) thread: (result, explanation, the
+    mechanism that matched at the top level, "" if none).
 
     Every query pyspf makes goes through `bridge`; `query_time` is its total time budget.
     """
@@ -371,7 +382,7 @@ def evaluate_blocking(bridge: DnsBridge, request: SpfRequest, query_time: float)
         outcome, _code, explanation = query.check()
     finally:
         _thread_state.bridge = None
-    return str(outcome), str(explanation)
+    return str(outcome), str(explanation), str(query.mechanism or "")
 
 
 # pyspf's record data (DNSLookup_dnspython): TXT a list of bytes strings, A/AAAA/PTR text,

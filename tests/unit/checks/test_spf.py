@@ -309,7 +309,7 @@ REQUEST = SpfRequest(GOOD, "alice", "sender.test", "mail.sender.test")
 
 
 def test_closed_event_loop_gives_temperror(dns_server: KnotServer) -> None:
-    async def go() -> tuple[str, str]:
+    async def go() -> tuple[str, str, str]:
         resolver = new_resolver(dns_server.port)
         gone = asyncio.new_event_loop()
         gone.close()
@@ -319,7 +319,7 @@ def test_closed_event_loop_gives_temperror(dns_server: KnotServer) -> None:
         finally:
             await resolver.close()
 
-    outcome, explanation = asyncio.run(go())
+    outcome, explanation, _ = asyncio.run(go())
     assert outcome == "temperror"
     assert "event loop closed" in explanation
 
@@ -330,7 +330,7 @@ def test_unanswered_query_gives_temperror_after_the_lookup_timeout(dns_server: K
         bridge = DnsBridge(asyncio.get_running_loop(), resolver, lookup_timeout=0.2)
         started = time.monotonic()
         try:
-            outcome, _ = await asyncio.to_thread(evaluate_blocking, bridge, REQUEST, 5.0)
+            outcome, _, _ = await asyncio.to_thread(evaluate_blocking, bridge, REQUEST, 5.0)
         finally:
             await resolver.close()
         return outcome, time.monotonic() - started
@@ -347,7 +347,7 @@ def test_query_time_budget_gives_temperror(dns_server: KnotServer) -> None:
         bridge = DnsBridge(asyncio.get_running_loop(), resolver, lookup_timeout=2.0)
         request = SpfRequest(GOOD, "a", "c2.spf-limits.test", "mail.sender.test")
         try:
-            outcome, _ = await asyncio.to_thread(evaluate_blocking, bridge, request, 0.35)
+            outcome, _, _ = await asyncio.to_thread(evaluate_blocking, bridge, request, 0.35)
         finally:
             await resolver.close()
         return outcome, len(resolver.asked)
@@ -379,12 +379,14 @@ def test_worker_ends_as_temperror_when_its_event_loop_goes_away(
     outcomes: list[tuple[str, float]] = []
     finished = threading.Event()
 
-    def recording(bridge: DnsBridge, request: SpfRequest, query_time: float) -> tuple[str, str]:
+    def recording(
+        bridge: DnsBridge, request: SpfRequest, query_time: float
+    ) -> tuple[str, str, str]:
         started = time.monotonic()
         try:
-            outcome, explanation = evaluate_blocking(bridge, request, query_time)
+            outcome, explanation, mechanism = evaluate_blocking(bridge, request, query_time)
             outcomes.append((outcome, time.monotonic() - started))
-            return outcome, explanation
+            return outcome, explanation, mechanism
         finally:
             finished.set()
 
@@ -508,7 +510,7 @@ def test_other_pyspf_results_are_refused(outcome: str) -> None:
         ),
         (
             dataclasses.replace(MAIL_PASS, value=Value.POLICY),
-            "spf=policy (127.0.0.2 is authorized, but refused by local policy) "
+            "spf=policy (127.0.0.2 is authorized only by +all: not accepted by local policy) "
             "smtp.mailfrom=sender.test",
         ),
         (MAIL_TEMPERROR, "spf=temperror (temporary DNS error) smtp.mailfrom=sender.test"),
@@ -631,3 +633,31 @@ DOMAIN_CASES: list[tuple[str, str | None]] = [
 @pytest.mark.parametrize(("text", "domain"), DOMAIN_CASES)
 def test_identity_domain(text: str, domain: str | None) -> None:
     assert identity_domain(text) == domain
+
+
+@pytest.mark.parametrize(
+    ("sender", "value"),
+    [
+        ("a@plusall.spf-policy.test", Value.POLICY),
+        ("a@bareall.spf-policy.test", Value.POLICY),
+        ("a@ipandall.spf-policy.test", Value.PASS),
+    ],
+)
+def test_a_pass_by_all_alone_is_policy(dns_server: KnotServer, sender: str, value: Value) -> None:
+    """+all authorizes every host on the Internet: local policy reports spf=policy, so
+    DMARC cannot align on it; a pass by a real mechanism before it stays a pass."""
+    ctx = CheckContext(client_ip=GOOD, helo="mail.sender.test", mail_from=sender)
+
+    async def go() -> tuple[SpfResult, ...]:
+        resolver = new_resolver(dns_server.port)
+        try:
+            return await check_mailfrom(ctx, resolver)
+        finally:
+            await resolver.close()
+
+    (result,) = asyncio.run(go())
+    assert result.value is value
+    if value is Value.POLICY:
+        text = format_field(AuthenticationResults("example.com", (result.to_resinfo(),)))
+        assert "spf=policy" in text
+        assert "(127.0.0.2 is authorized only by +all" in text
