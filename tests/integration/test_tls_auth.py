@@ -188,3 +188,17 @@ def test_auth_inside_a_transaction_is_refused(
             503,
             b"5.5.1 AUTH not permitted during a mail transaction",
         )
+
+
+def test_failed_auth_only_writes_auth_fail(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, tls_files: tuple[Path, Path, Path]
+) -> None:
+    proxy = make_arproxy(smtp_sink.url, extra=security_options(tls_files, plaintext=True))
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
+        client.ehlo("client.example.org")
+        wrong = base64.b64encode(b"\0alice\0nope").decode()
+        assert client.docmd("AUTH", f"PLAIN {wrong}")[0] == 535
+        # Still unauthenticated: a local recipient is fine, a foreign one is not.
+        assert client.sendmail("a@example.org", ["b@example.com"], b"Subject: s\r\n\r\nb\r\n") == {}
+    header = smtp_sink.messages()[0].message.split(b"\n\n")[0]
+    assert b"auth=fail smtp.auth=alice" in header
