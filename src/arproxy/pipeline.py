@@ -79,8 +79,16 @@ class Pipeline:
             log.error("background clean-up failed: %s", error, exc_info=error)
 
     async def finish_background(self, timeout: float) -> None:
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=timeout)
+        """Wait for clean-up work (new tasks may appear while waiting), then cancel
+        whatever is still running when `timeout` is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._background and loop.time() < deadline:
+            await asyncio.wait(set(self._background), timeout=deadline - loop.time())
+        rest = list(self._background)
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def start_session(self, client_ip: str) -> SessionChecks:
         """The checks of a new SMTP session; iprev starts right away."""
@@ -170,7 +178,7 @@ class Transaction:
         config = self.pipeline.config
         intake = take_in(content, self.pipeline.intake_limits)
         if intake.refusal is not None:
-            self._close_later()
+            self.close_later()
             log.info(
                 "%s from=<%s> reject: %s (%s)",
                 self._log_prefix(),
@@ -184,7 +192,7 @@ class Transaction:
         field = format_results(config.server.authserv_id, results)
         verdict = policy.decide(results, config.policy)
         if verdict.reply is not None:
-            self._close_later()
+            self.close_later()
             log.info(
                 "%s from=<%s> reject by policy (%s): %s | %s",
                 self._log_prefix(),
@@ -197,7 +205,7 @@ class Transaction:
         prepend = [field.encode("ascii"), received_field(self._trace_info())]
         outcome = rewrite_header(content, prepend, self.pipeline.forgery_policy)
         reply = await self._delivery.send(outcome.message)
-        self._close_later()
+        self.close_later()
         log.info(
             "%s helo=%s from=<%s> nrcpt=%d size=%d forged=%d results=[%s] relay=%s reply=%r "
             "time=%.3f",
@@ -221,7 +229,7 @@ class Transaction:
             )
         return reply
 
-    def _close_later(self) -> None:
+    def close_later(self) -> None:
         """End the downstream transaction without holding our reply for its RSET/QUIT:
         a client kept waiting might time out and resend what was already delivered."""
         delivery, self._delivery = self._delivery, None

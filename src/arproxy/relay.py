@@ -22,11 +22,12 @@ from typing import Protocol
 import aiosmtplib
 
 from arproxy.config import Downstream, RelayConfig
-from arproxy.lmtp import LmtpClient, LmtpProtocolError
+from arproxy.lmtp import LmtpArgumentError, LmtpClient, LmtpProtocolError
 from arproxy.replies import DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, LOCAL_ERROR, Reply
 
 log = logging.getLogger("arproxy.relay")
 
+CLOSE_TIMEOUT = 5.0  # seconds for each RSET/QUIT when a transaction ends
 UNSENDABLE_ADDRESS = Reply.of(553, "5.1.3", "Address not accepted: control characters")
 
 
@@ -169,8 +170,8 @@ class _SmtpDelivery:
             return
         try:
             if not self.finished:
-                await self.client.rset(timeout=5)
-            await self.client.quit(timeout=5)
+                await self.client.rset(timeout=CLOSE_TIMEOUT)
+            await self.client.quit(timeout=CLOSE_TIMEOUT)
         except (aiosmtplib.SMTPException, OSError):
             pass  # the transaction is over either way; the downstream cleans up
         finally:
@@ -227,7 +228,7 @@ class LmtpRelay:
             return Opened(None, _failure(exc, self.name))
         try:
             reply = await self._start(client, greeting, sender)
-        except ValueError:
+        except LmtpArgumentError:
             reply = UNSENDABLE_ADDRESS
         except (OSError, TimeoutError, LmtpProtocolError) as exc:
             reply = _failure(exc, self.name)
@@ -259,7 +260,7 @@ class _LmtpDelivery:
     async def add_recipient(self, recipient: str) -> Reply:
         try:
             reply = _passed_on(await self.client.command("RCPT", f"TO:<{recipient}>"))
-        except ValueError:
+        except LmtpArgumentError:
             return UNSENDABLE_ADDRESS
         except (OSError, TimeoutError, LmtpProtocolError) as exc:
             return _failure(exc, self.name)
@@ -285,6 +286,8 @@ class _LmtpDelivery:
         return _worst([_passed_on(reply) for reply in replies])
 
     async def close(self) -> None:
+        # Clean-up must not hold anything up for long (as with SMTP's 5 s below).
+        self.client.timeout = min(self.client.timeout, CLOSE_TIMEOUT)
         try:
             if not self.finished:
                 await self.client.command("RSET")

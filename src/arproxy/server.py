@@ -107,6 +107,14 @@ class SessionRegistry:
             return TOO_MANY_FROM_CLIENT
         return None
 
+    async def wait_closed(self, timeout: float) -> None:
+        """After drain: let the closed sessions' connection_lost run (it starts their
+        downstream clean-up) before the service stops."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.open and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
     def count_client(self, client_ip: str) -> int:
         """Open sessions from this client: per address for IPv4, per /64 for IPv6
         (one IPv6 host has a whole /64 to pick addresses from)."""
@@ -289,6 +297,18 @@ class ArproxySMTP(SMTP):
         self._reset_timeout(self.config.limits.data_timeout)
         await super().smtp_DATA(arg)
         self._reset_timeout()
+        session = self.session
+        envelope = self.envelope
+        if (
+            isinstance(session, ArproxySession)
+            and session.transaction is not None
+            and envelope is not None
+            and envelope.mail_from is None
+        ):
+            # aiosmtpd refused the data itself (552 too much, 500 line too long) and
+            # reset the envelope without calling our hook: end our side too.
+            transaction, session.transaction = session.transaction, None
+            transaction.close_later()
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._in_greeting_reply = True
@@ -450,7 +470,7 @@ class SessionHandler:
             log.error("internal error in DATA: %s", error, exc_info=error)
             reply = LOCAL_ERROR
         finally:
-            await transaction.close()
+            transaction.close_later()
             # Cleared only now and with no await before the reply is pushed, so a
             # draining shutdown never takes this session for idle mid-delivery.
             session.transaction = None
@@ -493,9 +513,10 @@ class SessionHandler:
 
 def _is_line_overflow(error: Exception) -> bool:
     # asyncio's StreamReader.readline() turns its LimitOverrunError into a ValueError
-    # carrying this text; aiosmtpd's AUTH challenge reads lines with it.
+    # saying "...chunk exceed the limit" or "...chunk is longer than limit";
+    # aiosmtpd's AUTH challenge reads lines with it.
     return isinstance(error, asyncio.LimitOverrunError) or (
-        isinstance(error, ValueError) and "chunk exceed the limit" in str(error)
+        isinstance(error, ValueError) and "limit" in str(error) and "chunk" in str(error)
     )
 
 

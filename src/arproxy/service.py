@@ -13,6 +13,7 @@ import signal
 
 from arproxy.config import Config, HostPort
 from arproxy.pipeline import Pipeline
+from arproxy.relay import CLOSE_TIMEOUT
 from arproxy.server import SessionHandler, SessionRegistry, make_protocol_factory
 from arproxy.smtpauth import Authenticator
 from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed
@@ -95,9 +96,12 @@ async def serve(
     for listener in listeners:
         listener.close()
     await registry.drain(config.server.shutdown_grace)
+    await registry.wait_closed(timeout=5.0)
     for listener in listeners:
         await listener.wait_closed()
-    await pipeline.finish_background(timeout=10.0)
+    # RSET/QUIT to the downstream (each bounded by relay.CLOSE_TIMEOUT) for sessions
+    # that ended in the drain; what is still running after that is cancelled.
+    await pipeline.finish_background(timeout=3 * CLOSE_TIMEOUT)
     await pipeline.resolver.close()
     log.info("stopped")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 from arproxy.config import Downstream, HostPort, parse_config
@@ -13,7 +14,9 @@ from arproxy.replies import Reply
 RELAY_CONFIG = parse_config("[relay]\ntimeout = 2.0\nconnect_timeout = 2.0", "t").relay
 
 
-async def scripted_server(data_replies: Sequence[bytes]) -> tuple[asyncio.Server, int, list[bytes]]:
+async def scripted_server(
+    data_replies: Sequence[bytes], rcpt_delay: float = 0.0
+) -> tuple[asyncio.Server, int, list[bytes]]:
     received: list[bytes] = []
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -30,6 +33,9 @@ async def scripted_server(data_replies: Sequence[bytes]) -> tuple[asyncio.Server
                     writer.write(reply)
                     await writer.drain()
                     await asyncio.sleep(0.05)
+            elif verb == b"RCPT" and rcpt_delay:
+                await asyncio.sleep(rcpt_delay)
+                writer.write(b"250 2.1.5 late ok\r\n")
             elif verb == b"QUIT":
                 writer.write(b"221 bye\r\n")
                 break
@@ -85,3 +91,28 @@ def test_a_permanent_failure_wins_over_success() -> None:
 def test_a_421_is_passed_on_as_451() -> None:
     reply, _ = deliver([b"250 2.0.0 a ok\r\n", b"421 4.3.2 going down\r\n"])
     assert str(reply) == "451 4.3.2 going down"
+
+
+def test_a_late_reply_is_never_taken_for_the_next_one() -> None:
+    """A RCPT reply later than relay.timeout: that RCPT is 451, and the connection is
+    abandoned, so its late 250 cannot be read as the answer to a later command."""
+    fast = dataclasses.replace(RELAY_CONFIG, timeout=0.3)
+
+    async def go() -> list[str]:
+        server, port, _ = await scripted_server([b"250 2.0.0 ok\r\n"], rcpt_delay=0.6)
+        relay = LmtpRelay(Downstream("lmtp", HostPort("127.0.0.1", port)), fast, "mx.example.com")
+        opened = await relay.open("<>", [])
+        assert opened.delivery is not None
+        replies = [str(await opened.delivery.add_recipient("a@example.com"))]
+        await asyncio.sleep(0.5)  # the late 250 arrives meanwhile
+        replies.append(str(await opened.delivery.add_recipient("b@example.com")))
+        replies.append(str(await opened.delivery.send(b"Subject: t\r\n\r\nbody\r\n")))
+        await opened.delivery.close()
+        server.close()
+        await server.wait_closed()
+        return replies
+
+    first, second, data = asyncio.run(go())
+    assert first.startswith("451 4.4.1 ")
+    assert second.startswith("451 4.4.1 ")
+    assert not data.startswith("250"), data

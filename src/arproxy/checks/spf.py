@@ -346,13 +346,15 @@ async def _evaluate(dns: Resolver, request: SpfRequest, query_time: float) -> tu
         bridge.cancel()
         raise
     value = spf_value(outcome)
-    if value is Value.PASS and mechanism in _EVERY_HOST:
+    if value is Value.PASS and _authorizes_every_host(mechanism):
         return Value.POLICY, f"pass by {mechanism} only"
     return value, explanation
 
 
-# The matching mechanism (pyspf's `mechanism`) of a pass that authorizes every host.
-_EVERY_HOST = frozenset({"all", "+all"})
+def _authorizes_every_host(mechanism: str) -> bool:
+    """The matching mechanism (pyspf's, as written) is `all` or `+all`, in any case
+    (RFC 7208 section 4.6.1: mechanism names are case-insensitive)."""
+    return mechanism.lower().removeprefix("+") == "all"
 
 
 def spf_value(outcome: str) -> Value:

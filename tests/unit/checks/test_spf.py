@@ -641,6 +641,7 @@ def test_identity_domain(text: str, domain: str | None) -> None:
     [
         ("a@plusall.spf-policy.test", Value.POLICY),
         ("a@bareall.spf-policy.test", Value.POLICY),
+        ("a@upperall.spf-policy.test", Value.POLICY),
         ("a@ipandall.spf-policy.test", Value.PASS),
     ],
 )
