@@ -226,3 +226,18 @@ def test_ehlo_flood_is_cut_off(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -
     assert replies[50] == b"421 4.7.0 EHLO sent too many times"
     assert raw.stream.readline() == b""
     raw.close()
+
+
+def test_sender_with_a_control_character_is_refused_cleanly(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    proxy = make_arproxy(smtp_sink.url)
+    raw = Raw(proxy.port)
+    assert raw.reply().startswith(b"220 ")
+    assert raw.command(b"EHLO client.example.org").startswith(b"250-")
+    assert raw.command(b'MAIL FROM:<"a\tb"@example.org>').startswith(b"250 ")
+    for _ in range(3):  # each attempt used to leave a downstream connection open
+        assert raw.command(b"RCPT TO:<bob@example.com>").startswith(b"553 5.1.3 ")
+    assert raw.command(b"QUIT").startswith(b"221 ")
+    raw.close()
+    assert smtp_sink.messages() == []
