@@ -36,6 +36,16 @@ def security_options(
     )
 
 
+def plain(user: str, password: str) -> str:
+    """The argument of an AUTH PLAIN command with an initial response."""
+    return "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def delivered_header(sink: SmtpSink) -> bytes:
+    """The header block of the first message the downstream received."""
+    return sink.messages()[0].message.split(b"\n\n")[0]
+
+
 def client_context(cert: Path) -> ssl.SSLContext:
     # The chain is verified against our test certificate; its name is
     # mx.example.com while the tests dial 127.0.0.1, so names are not compared.
@@ -118,11 +128,10 @@ def test_failed_then_successful_auth_writes_only_pass(
     proxy = make_arproxy(smtp_sink.url, extra=security_options(tls_files, plaintext=True))
     with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
-        wrong = base64.b64encode(b"\0alice\0nope").decode()
-        assert client.docmd("AUTH", f"PLAIN {wrong}")[0] == 535
+        assert client.docmd("AUTH", plain("alice", "nope"))[0] == 535
         client.login("alice", "correct horse")
         client.sendmail("alice@example.org", ["x@elsewhere.example"], b"Subject: s\r\n\r\nb\r\n")
-    header = smtp_sink.messages()[0].message.split(b"\n\n")[0]
+    header = delivered_header(smtp_sink)
     assert b"auth=pass smtp.auth=alice" in header
     assert b"auth=fail" not in header
 
@@ -196,9 +205,8 @@ def test_failed_auth_only_writes_auth_fail(
     proxy = make_arproxy(smtp_sink.url, extra=security_options(tls_files, plaintext=True))
     with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
-        wrong = base64.b64encode(b"\0alice\0nope").decode()
-        assert client.docmd("AUTH", f"PLAIN {wrong}")[0] == 535
+        assert client.docmd("AUTH", plain("alice", "nope"))[0] == 535
         # Still unauthenticated: a local recipient is fine, a foreign one is not.
         assert client.sendmail("a@example.org", ["b@example.com"], b"Subject: s\r\n\r\nb\r\n") == {}
-    header = smtp_sink.messages()[0].message.split(b"\n\n")[0]
+    header = delivered_header(smtp_sink)
     assert b"auth=fail smtp.auth=alice" in header
