@@ -293,7 +293,7 @@ def test_u_label_domain_that_idna_versions_disagree_on_is_not_local(
     raw = session(border.port)
     assert raw.command(b"MAIL FROM:<alice@example.org> SMTPUTF8").startswith(b"250 ")
     assert code_of(raw.command("RCPT TO:<bob@faß.example>".encode())) == b"550 5.7.1"
-    assert raw.command("RCPT TO:<bob@xn--bcher-kva.example>".encode()).startswith(b"250 ")
+    assert raw.command(b"RCPT TO:<bob@xn--bcher-kva.example>").startswith(b"250 ")
     raw.close()
 
 
@@ -304,7 +304,7 @@ def test_utf8_subject_without_smtputf8_flows_by_default(
     from a client that did not say SMTPUTF8 is relayed as it came."""
     proxy = make_arproxy(smtp_sink.url)
     subject = "Subject: caf\u00e9\r\n\r\nbody\r\n".encode()
-    rcpt, data = transaction(proxy.port, b" BODY=8BITMIME", subject)
+    _rcpt, data = transaction(proxy.port, b" BODY=8BITMIME", subject)
     assert data.startswith(b"250 "), data
     (got,) = smtp_sink.messages()
     assert "Subject: café\n".encode() in got.message
