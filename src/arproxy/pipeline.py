@@ -278,9 +278,9 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     for result in results:
         resinfo = result.to_resinfo()
         if not utf8:
-            resinfo = authres.with_a_labels(authres.AuthenticationResults("", (resinfo,))).results[
-                0
-            ]
+            (resinfo,) = authres.with_a_labels(
+                authres.AuthenticationResults("", (resinfo,))
+            ).results
         try:
             authres.format_field(
                 authres.AuthenticationResults(authserv_id, (resinfo,)), allow_utf8=utf8

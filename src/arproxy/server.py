@@ -592,8 +592,11 @@ def helo_acceptable(hostname: str) -> bool:
 
     Anything else printable is taken (real clients send odd names) and judged by
     SPF's HELO check; our Received line writes it only when it is a valid domain.
+    Non-ASCII is refused: with SMTPUTF8 offered aiosmtpd decodes commands as UTF-8,
+    but SMTPUTF8 is asked for on MAIL (RFC 6531 section 3.4), after EHLO, whose
+    domain stays ASCII (RFC 5321 section 4.1.1.1).
     """
-    return 0 < len(hostname) <= 255 and not _HELO_FORBIDDEN.search(hostname)
+    return 0 < len(hostname) <= 255 and hostname.isascii() and not _HELO_FORBIDDEN.search(hostname)
 
 
 def _in_networks(ip: str, networks: Sequence[IPNetwork]) -> bool:

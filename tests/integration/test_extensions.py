@@ -308,3 +308,17 @@ def test_utf8_subject_without_smtputf8_flows_by_default(
     assert data.startswith(b"250 "), data
     (got,) = smtp_sink.messages()
     assert "Subject: café\n".encode() in got.message
+
+
+@pytest.mark.parametrize("helo", ["bücher.example".encode(), b"caf\xe9.example"])
+def test_non_ascii_ehlo_is_refused_and_session_continues(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, helo: bytes
+) -> None:
+    """Commands are read as UTF-8 since SMTPUTF8 is offered, but it is asked for on MAIL
+    (RFC 6531 section 3.4): the EHLO domain stays ASCII (RFC 5321 section 4.1.1.1)."""
+    proxy = make_arproxy(smtp_sink.url)
+    raw = Raw(proxy.port)
+    assert raw.reply().startswith(b"220 ")
+    assert code_of(raw.command(b"EHLO " + helo)) == b"501 5.5.4"
+    assert raw.command(b"EHLO client.example.org").startswith(b"250-")
+    raw.close()
