@@ -205,21 +205,28 @@ def test_utf8_address_without_smtputf8_is_refused(
     assert smtp_sink.messages() == []
 
 
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
 def test_smtputf8_to_a_downstream_without_it_is_refused_at_rcpt(
-    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+    make_arproxy: MakeArproxy, tmp_path: Path, lmtp: bool
 ) -> None:
     """smtp-sink never offers SMTPUTF8. RFC 6531 section 3.4: a relay may not downgrade:
     553 5.6.7 for a non-ASCII address, 550 5.6.9 for an ASCII envelope."""
-    proxy = make_arproxy(smtp_sink.url)
-    raw = session(proxy.port)
+    with sink(tmp_path / "s", ["-L"] if lmtp else []) as downstream:
+        scheme = "lmtp" if lmtp else "smtp"
+        proxy = make_arproxy(f"{scheme}://127.0.0.1:{downstream.port}")
+        _refused_at_rcpt(proxy.port)
+        assert downstream.messages() == []
+    assert "SMTPUTF8" in proxy.log
+
+
+def _refused_at_rcpt(port: int) -> None:
+    raw = session(port)
     assert raw.command(f"MAIL FROM:<{UTF8_SENDER}> SMTPUTF8".encode()).startswith(b"250 ")
     assert code_of(raw.command(b"RCPT TO:<bob@example.com>")) == b"553 5.6.7"
     assert raw.command(b"RSET").startswith(b"250 ")
     assert raw.command(b"MAIL FROM:<alice@example.org> SMTPUTF8").startswith(b"250 ")
     assert code_of(raw.command(b"RCPT TO:<bob@example.com>")) == b"550 5.6.9"
     raw.close()
-    assert smtp_sink.messages() == []
-    assert "SMTPUTF8" in proxy.log
 
 
 @pytest.fixture
