@@ -307,7 +307,7 @@ def _limits(t: _Table) -> LimitsConfig:
         max_header_size=t.integer("max_header_size", 102_400, minimum=1024),
         max_header_fields=t.integer("max_header_fields", 1000, minimum=10),
         bare_newline=t.choice("bare_newline", "reject", ("reject", "normalize")),
-        eight_bit_header=t.choice("eight_bit_header", "reject", ("reject", "accept")),
+        eight_bit_header=t.choice("eight_bit_header", "accept", ("accept", "reject")),
         data_timeout=t.number("data_timeout", 600.0, minimum=1.0),
     )
 

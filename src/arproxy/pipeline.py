@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from arproxy import authres, policy
+from arproxy import authres, extensions, policy
 from arproxy.checks.base import MethodResult
 from arproxy.checks.runner import SessionChecks, configured_checks
 from arproxy.config import Config
 from arproxy.dns import Resolver
+from arproxy.idn import address_with_a_labels
 from arproxy.intake import IntakeLimits, take_in
 from arproxy.relay import Delivery, Relay, make_relay
 from arproxy.replies import RELAY_DENIED, Reply
@@ -130,6 +131,8 @@ class Transaction:
         self.sender = sender
         self.mail_options = mail_options
         self.queue_id = new_queue_id()
+        # RFC 6531: UTF-8 addresses and header fields (RFC 6532) are allowed.
+        self.smtputf8 = extensions.is_smtputf8(mail_options)
         self.recipients: list[str] = []
         self._delivery: Delivery | None = None
         self._started = time.monotonic()
@@ -140,7 +143,10 @@ class Transaction:
     async def add_recipient(self, recipient: str) -> Reply:
         config = self.pipeline.config
         authenticated = self.client.auth_identity is not None
-        if not policy.may_relay_to(recipient, config.domains.local, authenticated=authenticated):
+        # domains.local holds A-labels; a U-label domain (RFC 6531) is compared in
+        # its A-label form, and one with no unambiguous A-label is not local.
+        comparable = address_with_a_labels(recipient) or ""
+        if not policy.may_relay_to(comparable, config.domains.local, authenticated=authenticated):
             log.info(
                 "%s from=<%s> to=<%s> reject: %s",
                 self._log_prefix(),
@@ -150,7 +156,7 @@ class Transaction:
             )
             return RELAY_DENIED
         if self._delivery is None:
-            opened = await self.pipeline.relay.open(self.sender, self.mail_options)
+            opened = await self.pipeline.relay.open(self.sender, self.mail_options, recipient)
             if opened.delivery is None:
                 log.info(
                     "%s from=<%s> downstream refused sender: %s",
@@ -176,7 +182,7 @@ class Transaction:
         """Authenticate, rewrite and relay the message; the reply is the downstream's."""
         assert self._delivery is not None, "DATA is only reached with an accepted recipient"
         config = self.pipeline.config
-        intake = take_in(content, self.pipeline.intake_limits)
+        intake = take_in(content, self.pipeline.intake_limits, smtputf8=self.smtputf8)
         if intake.refusal is not None:
             self.close_later()
             log.info(
@@ -189,7 +195,7 @@ class Transaction:
             return intake.refusal
         content = intake.content
         results = await self.checks.collect(content, config.dns.message_budget)
-        field = format_results(config.server.authserv_id, results)
+        field = format_results(config.server.authserv_id, results, utf8=self.smtputf8)
         verdict = policy.decide(results, config.policy)
         if verdict.reply is not None:
             self.close_later()
@@ -202,7 +208,7 @@ class Transaction:
                 " ".join(field.split()),
             )
             return verdict.reply
-        prepend = [field.encode("ascii"), received_field(self._trace_info())]
+        prepend = [field.encode("utf-8"), received_field(self._trace_info())]
         outcome = rewrite_header(content, prepend, self.pipeline.forgery_policy)
         reply = await self._delivery.send(outcome.message)
         self.close_later()
@@ -256,8 +262,13 @@ class Transaction:
             await delivery.close()
 
 
-def format_results(authserv_id: str, results: Sequence[MethodResult]) -> str:
+def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: bool = False) -> str:
     """Our Authentication-Results field, folded, ending in CRLF.
+
+    `utf8` for an SMTPUTF8 message: its header may carry UTF-8 (RFC 6532 section 3),
+    so values are written as they are, U-labels and UTF-8 local parts included
+    (RFC 8616 section 3). Otherwise the field is ASCII: U-label domains are written
+    as A-labels, and a value with a UTF-8 local part cannot be written at all.
 
     Checks keep client-controlled text that the formatter cannot write out of
     their results; should one slip through anyway, that result loses its
@@ -266,15 +277,23 @@ def format_results(authserv_id: str, results: Sequence[MethodResult]) -> str:
     resinfos = []
     for result in results:
         resinfo = result.to_resinfo()
+        if not utf8:
+            (resinfo,) = authres.with_a_labels(
+                authres.AuthenticationResults("", (resinfo,))
+            ).results
         try:
-            authres.format_field(authres.AuthenticationResults(authserv_id, (resinfo,)))
+            authres.format_field(
+                authres.AuthenticationResults(authserv_id, (resinfo,)), allow_utf8=utf8
+            )
         except authres.FormatError as exc:
             log.warning(
                 "%s result not writable (%s): written without properties", result.method, exc
             )
             resinfo = authres.ResInfo(resinfo.method, resinfo.result)
         resinfos.append(resinfo)
-    return authres.format_field(authres.AuthenticationResults(authserv_id, tuple(resinfos)))
+    return authres.format_field(
+        authres.AuthenticationResults(authserv_id, tuple(resinfos)), allow_utf8=utf8
+    )
 
 
 def summary(results: Sequence[MethodResult]) -> str:

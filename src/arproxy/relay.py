@@ -21,6 +21,7 @@ from typing import Protocol
 
 import aiosmtplib
 
+from arproxy import extensions
 from arproxy.config import Downstream, RelayConfig
 from arproxy.lmtp import LmtpArgumentError, LmtpClient, LmtpProtocolError
 from arproxy.replies import DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, LOCAL_ERROR, Reply
@@ -54,7 +55,8 @@ class Relay(Protocol):
     def prepare(self) -> None:
         """Called once at start-up, before the listener opens."""
 
-    async def open(self, sender: str, mail_options: Sequence[str]) -> Opened: ...
+    async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
+        """Start the downstream transaction for the first accepted `recipient`."""
 
 
 def make_relay(config: RelayConfig, helo_name: str) -> Relay:
@@ -82,7 +84,7 @@ class SmtpRelay:
     def prepare(self) -> None:
         return None  # connections are opened per transaction
 
-    async def open(self, sender: str, mail_options: Sequence[str]) -> Opened:
+    async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         address = self.downstream.address
         assert address is not None
         client = aiosmtplib.SMTP(
@@ -96,7 +98,7 @@ class SmtpRelay:
             local_hostname=self.helo_name,
         )
         try:
-            response = await self._start(client, sender, mail_options)
+            started = await self._start(client, sender, mail_options, recipient)
         except (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError) as exc:
             # A downstream that will not talk to us is a fault on our side of the
             # border: the sender must keep the message (4xx), not bounce it.
@@ -114,38 +116,51 @@ class SmtpRelay:
         except BaseException:
             client.close()  # cancelled (client gone, shutdown): no connection may leak
             raise
+        plan, response = started
+        if plan.refusal is not None:
+            # Refused before MAIL: the downstream never sees this transaction.
+            log.info("downstream %s: %s", self.downstream, plan.refusal)
+            client.close()
+            return Opened(None, plan.refusal)
+        assert response is not None
         return Opened(
-            _SmtpDelivery(client, str(self.downstream)),
+            _SmtpDelivery(client, str(self.downstream), plan),
             Reply.from_downstream(response.code, response.message),
         )
 
     async def _start(
-        self, client: aiosmtplib.SMTP, sender: str, mail_options: Sequence[str]
-    ) -> aiosmtplib.SMTPResponse:
+        self, client: aiosmtplib.SMTP, sender: str, mail_options: Sequence[str], recipient: str
+    ) -> tuple[extensions.DownstreamPlan, aiosmtplib.SMTPResponse | None]:
         await client.connect(timeout=self.config.connect_timeout)
         await client.ehlo(hostname=self.helo_name)
+        offered = frozenset(keyword.upper() for keyword in client.esmtp_extensions)
+        plan = extensions.plan_downstream(sender, recipient, mail_options, offered)
+        if plan.refusal is not None:
+            return plan, None
         # aiosmtpd hands the null reverse-path over as "<>"; aiosmtplib writes
         # MAIL FROM:<> for the empty string and refuses "<>" itself.
         envelope_sender = "" if sender == "<>" else sender
-        options = _forwardable_options(client, mail_options)
-        return await client.mail(envelope_sender, options=options)
+        response = await client.mail(
+            envelope_sender, options=plan.options, encoding=_encoding(plan)
+        )
+        return plan, response
 
 
-def _forwardable_options(client: aiosmtplib.SMTP, mail_options: Sequence[str]) -> list[str]:
-    """The client's MAIL parameters the downstream understands (BODY=8BITMIME today)."""
-    wanted = [opt for opt in mail_options if opt.upper().startswith("BODY=")]
-    return [opt for opt in wanted if client.supports_extension("8bitmime")]
+def _encoding(plan: extensions.DownstreamPlan) -> str:
+    """How addresses go on the wire: UTF-8 only under SMTPUTF8 (RFC 6531 section 3.3)."""
+    return "utf-8" if plan.smtputf8 else "ascii"
 
 
 class _SmtpDelivery:
-    def __init__(self, client: aiosmtplib.SMTP, name: str) -> None:
+    def __init__(self, client: aiosmtplib.SMTP, name: str, plan: extensions.DownstreamPlan) -> None:
         self.client = client
         self.name = name
+        self.plan = plan
         self.finished = False
 
     async def add_recipient(self, recipient: str) -> Reply:
         try:
-            response = await self.client.rcpt(recipient)
+            response = await self.client.rcpt(recipient, encoding=_encoding(self.plan))
         except aiosmtplib.SMTPResponseException as exc:
             return _refusal(exc, f"RCPT TO:<{recipient}>")
         except ValueError:
@@ -155,6 +170,10 @@ class _SmtpDelivery:
         return Reply.from_downstream(response.code, response.message)
 
     async def send(self, message: bytes) -> Reply:
+        refusal = extensions.content_refusal(message, self.plan)
+        if refusal is not None:
+            log.info("downstream %s: %s", self.name, refusal)
+            return refusal
         try:
             response = await self.client.data(message)
             reply = Reply.from_downstream(response.code, response.message)
@@ -216,7 +235,7 @@ class LmtpRelay:
     def prepare(self) -> None:
         return None
 
-    async def open(self, sender: str, mail_options: Sequence[str]) -> Opened:
+    async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         try:
             client, greeting = await LmtpClient.connect(
                 self.address.host,
@@ -226,8 +245,9 @@ class LmtpRelay:
             )
         except (OSError, TimeoutError, LmtpProtocolError) as exc:
             return Opened(None, _failure(exc, self.name))
+        plan = extensions.DownstreamPlan((), False, False)
         try:
-            reply = await self._start(client, greeting, sender)
+            plan, reply = await self._start(client, greeting, sender, mail_options, recipient)
         except LmtpArgumentError:
             reply = UNSENDABLE_ADDRESS
         except (OSError, TimeoutError, LmtpProtocolError) as exc:
@@ -238,22 +258,39 @@ class LmtpRelay:
         if not reply.is_success:
             client.close()
             return Opened(None, reply)
-        return Opened(_LmtpDelivery(client, self.name), reply)
+        return Opened(_LmtpDelivery(client, self.name, plan), reply)
 
-    async def _start(self, client: LmtpClient, greeting: Reply, sender: str) -> Reply:
+    async def _start(
+        self,
+        client: LmtpClient,
+        greeting: Reply,
+        sender: str,
+        mail_options: Sequence[str],
+        recipient: str,
+    ) -> tuple[extensions.DownstreamPlan, Reply]:
+        unplanned = extensions.DownstreamPlan((), False, False)
         if greeting.code != 220:
-            return _failure(LmtpProtocolError(f"greeting {greeting}"), self.name)
+            return unplanned, _failure(LmtpProtocolError(f"greeting {greeting}"), self.name)
         hello = await client.command("LHLO", self.helo_name)
         if hello.code != 250:
-            return _failure(LmtpProtocolError(f"LHLO answered {hello}"), self.name)
+            return unplanned, _failure(LmtpProtocolError(f"LHLO answered {hello}"), self.name)
+        # The LHLO reply's lines after the first are the keywords (RFC 2033 section 4.1).
+        offered = extensions.offered_keywords(("", *hello.lines[1:]))
+        plan = extensions.plan_downstream(sender, recipient, mail_options, offered)
+        if plan.refusal is not None:
+            log.info("downstream %s: %s", self.name, plan.refusal)
+            return plan, plan.refusal
         envelope_sender = "" if sender == "<>" else sender
-        return _passed_on(await client.command("MAIL", f"FROM:<{envelope_sender}>"))
+        parameters = "".join(f" {option}" for option in plan.options)
+        mail = await client.command("MAIL", f"FROM:<{envelope_sender}>{parameters}")
+        return plan, _passed_on(mail)
 
 
 class _LmtpDelivery:
-    def __init__(self, client: LmtpClient, name: str) -> None:
+    def __init__(self, client: LmtpClient, name: str, plan: extensions.DownstreamPlan) -> None:
         self.client = client
         self.name = name
+        self.plan = plan
         self.accepted = 0
         self.finished = False
 
@@ -274,6 +311,10 @@ class _LmtpDelivery:
         recipient wins (the sender retries; those already delivered may see a
         duplicate, the lesser harm), then a permanent one; 250 only if all got it.
         """
+        refusal = extensions.content_refusal(message, self.plan)
+        if refusal is not None:
+            log.info("lmtp %s: %s", self.name, refusal)
+            return refusal
         try:
             start, replies = await self.client.data(message, self.accepted)
         except (OSError, TimeoutError, LmtpProtocolError) as exc:
@@ -318,7 +359,8 @@ class MaildirRelay:
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    async def open(self, sender: str, mail_options: Sequence[str]) -> Opened:
+    async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
+        # A Maildir stores bytes: 8-bit and UTF-8 (RFC 6531, RFC 6532) need nothing more.
         return Opened(_MaildirDelivery(self), Reply.of(250, "2.1.0", "Sender OK"))
 
 

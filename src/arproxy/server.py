@@ -25,6 +25,7 @@ from aiosmtpd.smtp import (
     TLSSetupException,
 )
 
+from arproxy import extensions
 from arproxy.checks.runner import SessionChecks
 from arproxy.config import Config
 from arproxy.pipeline import ClientInfo, Pipeline, Transaction, printable
@@ -82,6 +83,7 @@ class ArproxySession(Session):
         self.auth_identity: str | None = None
         self.checks: SessionChecks | None = None
         self.transaction: Transaction | None = None
+        self.offered: frozenset[str] = frozenset()  # keywords of our last EHLO reply
 
 
 class SessionRegistry:
@@ -144,6 +146,7 @@ class ArproxySMTP(SMTP):
         self.registry = registry
         self._in_greeting_reply = False
         self._refused = False
+        self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
 
     def _create_session(self) -> ArproxySession:
         return ArproxySession(self.loop)
@@ -310,6 +313,50 @@ class ArproxySMTP(SMTP):
             transaction, session.transaction = session.transaction, None
             transaction.close_later()
 
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._parameters_of = "MAIL"
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._parameters_of = "RCPT"
+        await super().smtp_RCPT(arg)
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """aiosmtpd's parameter reader, replaced by the RFC 5321 grammar and our offer.
+
+        aiosmtpd answers None with 501, pops the parameters it knows (SIZE, BODY,
+        SMTPUTF8) from the dict to check their values, and answers 555 to any left.
+        So: AUTH= (which it does not know) is taken here when AUTH is offered, and a
+        parameter of an extension we did not offer is handed back under a key aiosmtpd
+        cannot pop, which gets it the 555 of RFC 5321 section 4.1.1.11.
+        """
+        verb = self._parameters_of
+        session = self.session
+        offered = session.offered if isinstance(session, ArproxySession) else frozenset()
+        if session is not None and session.authenticated:
+            offered = offered | {extensions.AUTH}
+        try:
+            screened = extensions.screen_parameters(
+                verb, extensions.parse_parameters(params), offered
+            )
+        except extensions.ParameterSyntaxError as exc:
+            log.info("client=%s %s parameters refused (501): %s", self.client_text, verb, exc)
+            return None
+        if screened.not_offered:
+            log.info(
+                "client=%s %s parameter %s not offered: refused (555)",
+                self.client_text,
+                verb,
+                printable(" ".join(str(p) for p in screened.not_offered)),
+            )
+        result: dict[str, str | bool] = {
+            p.keyword: True if p.value is None else p.value
+            for p in screened.accepted
+            if p.keyword != extensions.AUTH  # taken here: we do not pass it on
+        }
+        result.update({f"-{p.keyword}": True for p in screened.not_offered})
+        return result
+
     async def smtp_HELO(self, hostname: str) -> None:
         self._in_greeting_reply = True
         try:
@@ -408,7 +455,9 @@ class SessionHandler:
         if self.authenticator is None or session.authenticated:
             # No users file: aiosmtpd would still list an empty "AUTH" keyword.
             responses = [r for r in responses if not r.startswith("250-AUTH")]
-        return [*responses[:-1], *extra, responses[-1]]
+        reply = [*responses[:-1], *extra, responses[-1]]
+        session.offered = extensions.offered_keywords(reply)  # what MAIL may use
+        return reply
 
     async def handle_HELO(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, hostname: str
@@ -430,6 +479,14 @@ class SessionHandler:
         mail_options: list[str],
     ) -> str:
         await self._abandon(session)
+        refusal = extensions.address_refusal(
+            address, smtputf8=bool(envelope.smtp_utf8), sender=True
+        )
+        if refusal is not None:
+            log.info(
+                "client=%s from=<%s> refused: %s", server.client_text, printable(address), refusal
+            )
+            return str(refusal)
         session.transaction = self.pipeline.begin(
             _client_info(server, session), _checks(session), address, mail_options
         )
@@ -449,6 +506,16 @@ class SessionHandler:
         assert transaction is not None, "aiosmtpd refuses RCPT before MAIL"
         if len(transaction.recipients) >= self.config.limits.max_recipients:
             return str(Reply.of(452, "4.5.3", "Too many recipients"))
+        refusal = extensions.address_refusal(address, smtputf8=transaction.smtputf8, sender=False)
+        if refusal is not None:
+            log.info(
+                "id=%s client=%s to=<%s> refused: %s",
+                transaction.queue_id,
+                server.client_text,
+                printable(address),
+                refusal,
+            )
+            return str(refusal)
         reply = await transaction.add_recipient(address)
         if reply.is_success:
             envelope.rcpt_tos.append(address)
@@ -525,8 +592,11 @@ def helo_acceptable(hostname: str) -> bool:
 
     Anything else printable is taken (real clients send odd names) and judged by
     SPF's HELO check; our Received line writes it only when it is a valid domain.
+    Non-ASCII is refused: with SMTPUTF8 offered aiosmtpd decodes commands as UTF-8,
+    but SMTPUTF8 is asked for on MAIL (RFC 6531 section 3.4), after EHLO, whose
+    domain stays ASCII (RFC 5321 section 4.1.1.1).
     """
-    return 0 < len(hostname) <= 255 and not _HELO_FORBIDDEN.search(hostname)
+    return 0 < len(hostname) <= 255 and hostname.isascii() and not _HELO_FORBIDDEN.search(hostname)
 
 
 def _in_networks(ip: str, networks: Sequence[IPNetwork]) -> bool:
@@ -573,7 +643,7 @@ def make_protocol_factory(
             ident=IDENT,
             data_size_limit=config.limits.max_message_size,
             decode_data=False,
-            enable_SMTPUTF8=False,
+            enable_SMTPUTF8=True,  # RFC 6531; refused at RCPT if the downstream lacks it
             timeout=config.limits.command_timeout,
             tls_context=starttls,
             # On the implicit-TLS listener the whole connection is encrypted, though

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+from arproxy.config import parse_config
 from arproxy.intake import (
     BARE_NEWLINE_REFUSED,
     EIGHT_BIT_HEADER_REFUSED,
+    HEADER_NOT_UTF8,
     HEADER_TOO_LARGE,
     NUL_REFUSED,
     TOO_MANY_FIELDS,
@@ -70,3 +72,22 @@ def test_eight_bit_header_bytes() -> None:
     assert take_in(latin, REJECT).refusal == EIGHT_BIT_HEADER_REFUSED
     assert take_in(latin, NORMALIZE).refusal is None
     assert take_in(b"Subject: x\r\n\r\n8-bit body \xe9\r\n", REJECT).refusal is None
+
+
+def test_eight_bit_header_under_smtputf8() -> None:
+    """RFC 6532 section 3: an SMTPUTF8 message's header is UTF-8 by right, even with
+    "reject"; bytes that are not UTF-8 are not, and are refused there."""
+    utf8 = "Subject: Grüße\r\n\r\nbody\r\n".encode()
+    assert take_in(utf8, REJECT, smtputf8=True).refusal is None
+    latin1 = b"Subject: Gr\xfc\xdfe\r\n\r\nbody\r\n"
+    assert take_in(latin1, REJECT, smtputf8=True).refusal == HEADER_NOT_UTF8
+    assert take_in(latin1, NORMALIZE, smtputf8=True).refusal is None, "accept takes all"
+
+
+def test_eight_bit_header_is_accepted_by_default() -> None:
+    """The default is "accept" (as Postfix relays such mail); "reject" stays available."""
+    limits = parse_config("", "t").limits
+    assert limits.eight_bit_header == "accept"
+    assert parse_config('[limits]\neight_bit_header = "reject"', "t").limits.eight_bit_header == (
+        "reject"
+    )

@@ -58,7 +58,7 @@ def deliver(data_replies: Sequence[bytes]) -> tuple[Reply, list[bytes]]:
         relay = LmtpRelay(
             Downstream("lmtp", HostPort("127.0.0.1", port)), RELAY_CONFIG, "mx.example.com"
         )
-        opened = await relay.open("<>", [])
+        opened = await relay.open("<>", [], "a@example.com")
         assert opened.delivery is not None, opened.reply
         for rcpt in ("a@example.com", "b@example.com"):
             assert (await opened.delivery.add_recipient(rcpt)).is_success
@@ -101,7 +101,7 @@ def test_a_late_reply_is_never_taken_for_the_next_one() -> None:
     async def go() -> list[str]:
         server, port, _ = await scripted_server([b"250 2.0.0 ok\r\n"], rcpt_delay=0.6)
         relay = LmtpRelay(Downstream("lmtp", HostPort("127.0.0.1", port)), fast, "mx.example.com")
-        opened = await relay.open("<>", [])
+        opened = await relay.open("<>", [], "a@example.com")
         assert opened.delivery is not None
         replies = [str(await opened.delivery.add_recipient("a@example.com"))]
         await asyncio.sleep(0.5)  # the late 250 arrives meanwhile

@@ -3,7 +3,7 @@ a quoting and folding formatter, and the authserv-id comparison. Pure: no I/O, n
 """
 
 from .errors import AuthResSyntaxError, FormatError
-from .formatter import format_field
+from .formatter import format_field, with_a_labels
 from .ids import authserv_id_matches, normalize_authserv_id
 from .lenient import recover_authserv_id
 from .model import AuthenticationResults, Property, ResInfo
@@ -22,4 +22,5 @@ __all__ = [
     "parse",
     "recover_authserv_id",
     "trusted_results",
+    "with_a_labels",
 ]

@@ -8,6 +8,8 @@ quoting can carry raise FormatError. Names come from our code and must be Ldh-st
 import re
 from dataclasses import dataclass, replace
 
+from arproxy.idn import to_a_labels
+
 from .chars import DOMAIN_NAME, KEYWORD, WSP, is_token_char, is_unwritable
 from .errors import FormatError
 from .model import AuthenticationResults, Property, ResInfo
@@ -19,6 +21,19 @@ _CRLF = "\r\n"
 _RESINFO_FOLD = _CRLF + "\t"  # each resinfo starts a line
 _INNER_FOLD = _CRLF + "\t  "  # a resinfo's own continuation lines are indented further
 _DIGITS = re.compile(r"[0-9]+")
+# The properties whose value is a domain or an address (RFC 8601 section 2.7, RFC 8616
+# sections 4 to 6): without UTF-8 their U-labels are written as A-labels.
+_DOMAIN_PROPERTIES = frozenset(
+    {
+        ("smtp", "mailfrom"),
+        ("smtp", "helo"),
+        ("smtp", "rcptto"),
+        ("header", "from"),
+        ("header", "sender"),
+        ("header", "d"),
+        ("header", "i"),
+    }
+)
 # A dot-atom local-part of US-ASCII atext only: UTF-8 is always written quoted.
 _ASCII_LOCAL_PART = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -47,8 +62,13 @@ def format_field(header: AuthenticationResults, *, allow_utf8: bool = False) -> 
 
     Each resinfo starts a continuation line; longer lines are folded between the parts of a
     resinfo (and at white space inside comments), never inside a token or quoted-string.
+    ``allow_utf8`` is for the header of an SMTPUTF8 message (RFC 6532 section 3): values
+    are written as they are, U-labels and UTF-8 local parts included (RFC 8616 section 3).
+    For any other message, pass the header through ``with_a_labels`` first.
+
     Raise FormatError for a name that is not a keyword, a value that cannot be written
-    (controls, CR, LF, DEL; non-ASCII unless ``allow_utf8``), or a line that stays over 998.
+    (controls, CR, LF, DEL; other non-ASCII unless ``allow_utf8``), or a line that stays
+    over 998.
     """
     writer = _Writer(allow_utf8)
     field = _fold(writer.pieces(header))
@@ -191,6 +211,37 @@ def _digits(number: str, what: str) -> str:
     if _DIGITS.fullmatch(number) is None:
         raise FormatError(f"{what} {number!r} is not a string of digits")
     return number
+
+
+def with_a_labels(header: AuthenticationResults) -> AuthenticationResults:
+    """The same results with the U-labels of every domain or address property
+    (smtp.mailfrom, smtp.helo, header.from, header.d, header.i ...) as A-labels: the same
+    domains (RFC 8616 section 3) in the form the ASCII header of a message without
+    SMTPUTF8 can carry (RFC 5890 section 2.3.2.1). Other values are left alone; a UTF-8
+    local part has no ASCII form, so ``format_field`` still refuses it there."""
+
+    def convert(prop: Property) -> Property:
+        if (prop.ptype.lower(), prop.name.lower()) not in _DOMAIN_PROPERTIES:
+            return prop
+        return replace(prop, value=_value_with_a_labels(prop.value))
+
+    return replace(
+        header,
+        results=tuple(
+            replace(res, properties=tuple(convert(p) for p in res.properties))
+            for res in header.results
+        ),
+    )
+
+
+def _value_with_a_labels(value: str) -> str:
+    """A domain or ``[local-part]@domain`` with the domain's U-labels as A-labels; the value
+    unchanged if it is ASCII already or its domain has no unambiguous A-label form."""
+    if value.isascii():
+        return value
+    local_part, at, domain = value.rpartition("@")
+    a_labels = to_a_labels(domain)
+    return value if a_labels is None else f"{local_part}{at}{a_labels}"
 
 
 def _is_plain_address(value: str) -> bool:
