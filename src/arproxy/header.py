@@ -157,7 +157,7 @@ def normalize_newlines(content: bytes) -> bytes:
     return _BARE_NEWLINE.sub(CRLF, content)
 
 
-def has_bare_newline(content: bytes) -> int | None:
+def first_bare_newline(content: bytes) -> int | None:
     """The offset of the first bare CR or bare LF in ``content``, or None."""
     found = _BARE_NEWLINE.search(content)
     return None if found is None else found.start()

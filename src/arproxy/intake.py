@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from arproxy.header import has_bare_newline, normalize_newlines, read_header
+from arproxy.header import first_bare_newline, normalize_newlines, read_header
 from arproxy.replies import Reply
 
 __all__ = ["Intake", "IntakeLimits", "normalize_newlines", "take_in"]
@@ -59,7 +59,7 @@ def take_in(content: bytes, limits: IntakeLimits) -> Intake:
     if b"\x00" in content:
         # NUL is in no mail grammar; C programs downstream would cut the line there.
         return Intake(content, NUL_REFUSED, "NUL byte")
-    bare = has_bare_newline(content)
+    bare = first_bare_newline(content)
     if bare is not None:
         if limits.bare_newline == "reject":
             return Intake(content, BARE_NEWLINE_REFUSED, f"bare newline at offset {bare}")

@@ -11,12 +11,14 @@ obsolete ``Name :`` syntax (RFC 5322 section 4.5) included.
 from __future__ import annotations
 
 import smtplib
+from collections.abc import Callable
 
 import pytest
 
 from arproxy.authres import parse
 from arproxy.header import read_header
 
+from ..unit.checks.test_dkim import MESSAGE, sign
 from .conftest import MakeArproxy
 from .peers import SmtpSink
 
@@ -79,3 +81,36 @@ def test_delivered_fields_parse_back_as_arproxy_wrote_them(
     assert [f.raw for f in rest] == expected_rest  # the forged field is gone
     assert header.strays == ()
     assert delivered[header.body_start :] == b"Body.\n"
+
+
+@pytest.mark.parametrize(
+    ("canonicalize", "edit"),
+    [
+        # RFC 6376 3.4.2: relaxed removes the white space before the colon.
+        ((b"relaxed", b"relaxed"), lambda m: m.replace(b"Subject: Lunch", b"Subject : Lunch")),
+        # RFC 6376 5.4: a field not in h= is not hashed, whatever its syntax.
+        ((b"simple", b"simple"), lambda m: b"X-Scanned : clean\r\n" + m),
+    ],
+)
+def test_a_legitimate_message_with_name_space_colon_passes_reject_dmarc(
+    make_arproxy: MakeArproxy,
+    smtp_sink: SmtpSink,
+    canonicalize: tuple[bytes, bytes],
+    edit: Callable[[bytes], bytes],
+) -> None:
+    """The issue's chain: dkim=permerror made dmarc=fail (SPF not aligned) and reject_dmarc
+    refused a legitimate message. Right: dkim=pass, dmarc=pass (RFC 7489 4.2), delivered."""
+    proxy = make_arproxy(smtp_sink.url, policy="[policy]\nreject_dmarc = true")
+    message = edit(sign(MESSAGE, "s2048", canonicalize=canonicalize))
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=20, source_address=("127.0.0.2", 0)) as c:
+        c.ehlo("mail.sender.test")
+        c.sendmail("bounce@sender.test", ["bob@example.com"], message)
+    (got,) = smtp_sink.messages()
+    ours = read_header(got.message).fields[0]
+    results = parse(ours.with_crlf()[ours.colon + 1 :].decode()).results
+    assert {r.method: r.result for r in results} == {
+        "iprev": "pass",
+        "spf": "pass",
+        "dkim": "pass",
+        "dmarc": "pass",
+    }
