@@ -6,6 +6,9 @@ differently at those bytes, which is what smuggling and header-confusion attacks
 live on, so by default such a message is refused, as Postfix's
 `smtpd_forbid_bare_newline` does; "normalize" turns each into CRLF instead, before
 DKIM verification and relay, so every later reader sees the same lines.
+
+The header limits are counted on the header as ``arproxy.header`` reads it, the reader every
+later part uses: one reader, one answer on where the header ends and what a field is.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from arproxy.header import first_bare_newline, normalize_newlines, read_header
 from arproxy.replies import Reply
 
-_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_HEADER_END = re.compile(rb"\r\n\r\n")
+__all__ = ["Intake", "IntakeLimits", "normalize_newlines", "take_in"]
 
 BARE_NEWLINE_REFUSED = Reply.of(
     550, "5.5.2", "Message refused: bare CR or LF in the message (RFC 5321 section 2.3.8)"
@@ -29,6 +32,11 @@ EIGHT_BIT_HEADER_REFUSED = Reply.of(
 )
 HEADER_NOT_UTF8 = Reply.of(
     550, "5.6.0", "Message refused: header bytes that are not UTF-8 (RFC 6532 section 3)"
+)
+LEADING_CONTINUATION_REFUSED = Reply.of(
+    550,
+    "5.6.0",
+    "Message refused: the header starts with a continuation line (RFC 5322 section 2.2.3)",
 )
 _EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 
@@ -55,16 +63,21 @@ def take_in(content: bytes, limits: IntakeLimits, *, smtputf8: bool = False) -> 
     if b"\x00" in content:
         # NUL is in no mail grammar; C programs downstream would cut the line there.
         return Intake(content, NUL_REFUSED, "NUL byte")
-    bare = _BARE_NEWLINE.search(content)
+    bare = first_bare_newline(content)
     if bare is not None:
         if limits.bare_newline == "reject":
-            return Intake(content, BARE_NEWLINE_REFUSED, f"bare newline at offset {bare.start()}")
+            return Intake(content, BARE_NEWLINE_REFUSED, f"bare newline at offset {bare}")
         content = normalize_newlines(content)
-    header_end = _HEADER_END.search(content)
-    header = content[: header_end.start() + 2] if header_end else content
-    if len(header) > limits.max_header_size:
-        return Intake(content, HEADER_TOO_LARGE, f"header of {len(header)} bytes")
-    if limits.eight_bit_header == "reject" and (found := _EIGHT_BIT.search(header)):
+    header = read_header(content)
+    if any(stray.kind == "leading-continuation" for stray in header.strays):
+        # A first line that starts with white space continues no field (RFC 5322 section
+        # 2.2.3). Behind the fields we prepend, every reader would unfold it into the last
+        # of them: ours would no longer end where we wrote them. Refused, not dropped: the
+        # sender's software is broken, and it is told so.
+        return Intake(content, LEADING_CONTINUATION_REFUSED, "header starts with white space")
+    if header.end > limits.max_header_size:
+        return Intake(content, HEADER_TOO_LARGE, f"header of {header.end} bytes")
+    if limits.eight_bit_header == "reject" and (found := _EIGHT_BIT.search(content, 0, header.end)):
         # Under SMTPUTF8 the header is UTF-8 by right (RFC 6532 section 3); without it
         # 8-bit bytes break RFC 5322, and readers disagree on them as on bare newlines.
         # "accept" (the default, as Postfix does) relays them either way.
@@ -72,9 +85,10 @@ def take_in(content: bytes, limits: IntakeLimits, *, smtputf8: bool = False) -> 
             return Intake(
                 content, EIGHT_BIT_HEADER_REFUSED, f"8-bit header byte at {found.start()}"
             )
-        if not _is_utf8(header):
+        if not _is_utf8(content[: header.end]):
             return Intake(content, HEADER_NOT_UTF8, "SMTPUTF8 header not UTF-8")
-    fields = _count_fields(header)
+    # A line that is not a field counts as one: it costs every reader as much.
+    fields = len(header.items)
     if fields > limits.max_header_fields:
         return Intake(content, TOO_MANY_FIELDS, f"{fields} header fields")
     return Intake(content)
@@ -86,12 +100,3 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def normalize_newlines(content: bytes) -> bytes:
-    """Every bare CR and bare LF becomes CRLF."""
-    return _BARE_NEWLINE.sub(b"\r\n", content)
-
-
-def _count_fields(header: bytes) -> int:
-    return sum(1 for line in header.split(b"\r\n") if line and line[:1] not in (b" ", b"\t"))

@@ -47,13 +47,30 @@ def helo_is_presentable(helo: str | None) -> bool:
     if _LDH_DOMAIN.fullmatch(helo):
         return True
     if helo.startswith("[") and helo.endswith("]"):
-        inner = helo[1:-1].removeprefix("IPv6:").removeprefix("ipv6:")
-        try:
-            ipaddress.ip_address(inner)
-        except ValueError:
-            return False
-        return True
+        return _is_address_literal_body(helo[1:-1])
     return False
+
+
+def _is_address_literal_body(inner: str) -> bool:
+    """RFC 5321 section 4.1.3: ``IPv4-address-literal`` is the bare dotted quad;
+    ``IPv6-address-literal`` is ``"IPv6:" IPv6-addr`` (the tag is an ABNF string, so
+    case-insensitive, RFC 5234 section 2.3). An IPv6 address without the tag, an IPv4
+    address behind it, and a zone index (``%eth0``, in no RFC 5321 form) are not literals.
+    """
+    tag, colon, rest = inner.partition(":")
+    if colon and tag.lower() == "ipv6":
+        return _parses_as(rest, ipaddress.IPv6Address)
+    return _parses_as(inner, ipaddress.IPv4Address)
+
+
+def _parses_as(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    if "%" in text:  # Python accepts a scope id ("fe80::1%eth0"); RFC 5321 has none
+        return False
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
 
 
 def protocol_name(info: TraceInfo) -> str:

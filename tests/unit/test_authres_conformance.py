@@ -1,9 +1,12 @@
 """The RFC 8601 conformance corpus: strict parse, lenient authserv-id, and authres differences.
 
-The corpus is ../shared/conformance/authres-corpus.jsonl beside the repository (see its
-README for the format and the grammar decisions). ARPROXY_CONFORMANCE_CORPUS overrides the
-path. Disputed entries (the RFCs leave the answer open) never decide a test: they are only
-checked to be handled without an unexpected exception.
+The corpus is tests/fixtures/authres-corpus.jsonl (its README, for the format and the grammar
+decisions, is tests/fixtures/authres-corpus.md), a copy of the shared corpus
+../shared/conformance/authres-corpus.jsonl kept in the repository so that a clone tests
+itself; where the shared one is beside the repository, the two must be equal.
+ARPROXY_CONFORMANCE_CORPUS overrides the path. Disputed entries (the RFCs leave the answer
+open) never decide a test: they are only checked to be handled without an unexpected
+exception.
 """
 
 import json
@@ -26,10 +29,9 @@ from arproxy.authres import (
 )
 
 _ENV_VAR = "ARPROXY_CONFORMANCE_CORPUS"
-_CANDIDATE_PATHS = (
-    Path(__file__).parents[3] / "shared" / "conformance" / "authres-corpus.jsonl",
-    Path(__file__).parents[1] / "fixtures" / "authres-corpus.jsonl",
-)
+_FIXTURE = Path(__file__).parents[1] / "fixtures" / "authres-corpus.jsonl"
+_SHARED = Path(__file__).parents[3] / "shared" / "conformance" / "authres-corpus.jsonl"
+_CANDIDATE_PATHS = (_FIXTURE, _SHARED)
 
 
 def _corpus_path() -> Path | None:
@@ -96,6 +98,17 @@ def test_corpus_is_present() -> None:
     where = os.environ.get(_ENV_VAR) or " or ".join(str(path) for path in _CANDIDATE_PATHS)
     assert CORPUS, f"conformance corpus not found at {where}"
     assert len({entry["id"] for entry in CORPUS}) == len(CORPUS), "duplicate entry ids"
+
+
+def test_the_repository_copy_of_the_corpus_is_in_step_with_the_shared_one() -> None:
+    """A clone has no ../shared/: the copy in tests/fixtures is what it tests against."""
+    assert _FIXTURE.is_file(), "tests/fixtures/authres-corpus.jsonl is missing"
+    if not _SHARED.is_file():
+        pytest.skip(f"no shared corpus beside the repository ({_SHARED})")
+    assert _FIXTURE.read_bytes() == _SHARED.read_bytes(), f"copy {_SHARED} to {_FIXTURE}"
+    readme = _SHARED.with_name("README.md")
+    copy = _FIXTURE.with_suffix(".md")
+    assert copy.read_bytes() == readme.read_bytes(), f"copy {readme} to {copy}"
 
 
 @_by_id(DECISIVE)

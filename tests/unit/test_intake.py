@@ -8,6 +8,7 @@ from arproxy.intake import (
     EIGHT_BIT_HEADER_REFUSED,
     HEADER_NOT_UTF8,
     HEADER_TOO_LARGE,
+    LEADING_CONTINUATION_REFUSED,
     NUL_REFUSED,
     TOO_MANY_FIELDS,
     IntakeLimits,
@@ -91,3 +92,41 @@ def test_eight_bit_header_is_accepted_by_default() -> None:
     assert parse_config('[limits]\neight_bit_header = "reject"', "t").limits.eight_bit_header == (
         "reject"
     )
+
+
+@pytest.mark.parametrize("limits", [REJECT, NORMALIZE])
+@pytest.mark.parametrize("stray", [b" (authenticated sender)\r\n", b"\tx\r\n"])
+def test_a_header_starting_with_white_space_is_refused(limits: IntakeLimits, stray: bytes) -> None:
+    """RFC 5322 section 2.2.3: a line starting with WSP continues the field before it, and
+    the first line has none; behind our prepended fields it would continue the last of ours.
+    Refused with a permanent content error (RFC 3463 5.6.0), once, clearly."""
+    intake = take_in(stray + CLEAN, limits)
+    assert intake.refusal == LEADING_CONTINUATION_REFUSED
+    assert str(intake.refusal).startswith("550 5.6.0 ")
+    assert intake.reason == "header starts with white space"
+
+
+def test_an_empty_first_line_leaves_an_empty_header() -> None:
+    """RFC 5322 section 2.1: the body starts after the first empty line, so these 20 X-A
+    lines are body: no field to count (intake used to count them and refuse)."""
+    limits = IntakeLimits("reject", "reject", max_header_size=4096, max_header_fields=10)
+    message = b"\r\n" + b"X-A: 1\r\n" * 20 + b"\r\nbody\r\n"
+    assert take_in(message, limits).refusal is None
+    assert take_in(b"X-B: 2\r\n" + message, limits).refusal is None
+    assert take_in(b"X-A: 1\r\n" + message[2:], limits).refusal == TOO_MANY_FIELDS
+
+
+def test_fields_are_counted_as_the_one_reader_reads_them() -> None:
+    limits = IntakeLimits("reject", "reject", max_header_size=4096, max_header_fields=3)
+    spaced = b"Subject : a\r\nFrom : b@example.org\r\nTo: c@example.org\r\n\r\n"
+    assert take_in(spaced, limits).refusal is None
+    # A line that is not a field counts as one (with its continuation lines).
+    assert take_in(b"no field\r\n more\r\n" + spaced, limits).refusal == TOO_MANY_FIELDS
+
+
+def test_header_size_ends_at_the_empty_line() -> None:
+    limits = IntakeLimits("normalize", "reject", max_header_size=20, max_header_fields=10)
+    assert take_in(b"X-A: 1\r\n\r\n" + b"b" * 100 + b"\r\n", limits).refusal is None
+    assert take_in(b"X-A: " + b"a" * 20 + b"\r\n\r\n", limits).refusal == HEADER_TOO_LARGE
+    # After normalisation a bare LF ends the header as CRLF does.
+    assert take_in(b"X-A: 1\n\n" + b"b" * 100 + b"\n", limits).refusal is None

@@ -49,7 +49,23 @@ def test_received_field_ipv6_tls_auth_several_recipients() -> None:
 
 @pytest.mark.parametrize(
     "helo",
-    ["bad helo", "x\r\nInjected: yes", "a..b", "", "[1.2.3]", "(comment)", "ex\u00e4mple.com"],
+    [
+        "bad helo",
+        "x\r\nInjected: yes",
+        "a..b",
+        "",
+        "[1.2.3]",
+        "(comment)",
+        "ex\u00e4mple.com",
+        # RFC 5321 section 4.1.3: an IPv6 literal carries the "IPv6:" tag.
+        "[2001:db8::1]",
+        "[::1]",
+        # ... and the tag announces an IPv6 address, not an IPv4 one.
+        "[IPv6:192.0.2.1]",
+        # No zone index in any RFC 5321 literal (Python's ipaddress accepts one).
+        "[IPv6:fe80::1%eth0]",
+        "[IPv4:192.0.2.1]",
+    ],
 )
 def test_unpresentable_helo_is_replaced_by_the_address_literal(helo: str) -> None:
     assert not helo_is_presentable(helo)
@@ -59,7 +75,15 @@ def test_unpresentable_helo_is_replaced_by_the_address_literal(helo: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "helo", ["mail.example.org", "[192.0.2.1]", "[IPv6:2001:db8::1]", "localhost"]
+    "helo",
+    [
+        "mail.example.org",
+        "[192.0.2.1]",
+        "[IPv6:2001:db8::1]",
+        "[ipv6:2001:db8::1]",  # RFC 5234 section 2.3: ABNF strings are case-insensitive
+        "[IPv6:::ffff:192.0.2.1]",  # RFC 5321 section 4.1.3 IPv6v4-comp form
+        "localhost",
+    ],
 )
 def test_presentable_helo(helo: str) -> None:
     assert helo_is_presentable(helo)
@@ -68,3 +92,9 @@ def test_presentable_helo(helo: str) -> None:
 def test_hostile_recipient_is_not_echoed() -> None:
     field = received_field(info(recipients=("a>\r\nX-Evil: 1@example.com",)))
     assert b"Evil" not in field
+
+
+def test_untagged_ipv6_helo_is_not_written_as_a_literal() -> None:
+    """``EHLO [2001:db8::1]``: RFC 5321 section 4.1.3 literals only in Received."""
+    field = received_field(info(client_ip="2001:db8::1", helo="[2001:db8::1]"))
+    assert field.startswith(b"Received: from [IPv6:2001:db8::1] ([IPv6:2001:db8::1])\r\n")

@@ -2,10 +2,11 @@
 
 Behind a border that strips forged fields (arproxy, which promises so with AUTHSERV), a field
 carrying the border's authserv-id was written by the border. ``trusted_results`` returns the
-results of exactly those fields: top-level Authentication-Results fields found as the rewrite
-finds them, whose id equals the trusted one under the rewrite's comparison, of version 1 (or
-none). A field of another version is ignored (RFC 8601 section 2.2), and so is a field that
-the strict parser refuses: the border never writes one, so it is not the border's.
+results of exactly those fields: top-level Authentication-Results fields as ``arproxy.header``
+reads them (the reader the rewrite uses too), whose id equals the trusted one under the
+rewrite's comparison, of version 1 (or none). A field of another version is ignored (RFC 8601
+section 2.2), and so is a field that the strict parser refuses: the border never writes one,
+so it is not the border's.
 
 The trusted id is one exact id: the ``.example.com`` subdomain form of
 ``headers.trusted_authserv_ids`` widens what the border removes, which is safe; on the
@@ -13,11 +14,8 @@ reading side it would widen what is believed, which is not.
 """
 
 import json
-import re
 
-# A module, not its names: rewrite imports this package, so this import may run while rewrite
-# is only half loaded; its functions are looked up when called.
-from .. import rewrite
+from ..header import Field, read_header
 from .chars import is_token_char
 from .errors import AuthResSyntaxError
 from .ids import authserv_id_matches, normalize_authserv_id
@@ -26,8 +24,6 @@ from .parser import parse
 
 _VERSION_1 = "1"
 _SUBDOMAIN_MARK = "."
-_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
-_CRLF = b"\r\n"
 
 
 def trusted_results(message: bytes, authserv_id: str) -> tuple[ResInfo, ...]:
@@ -38,9 +34,9 @@ def trusted_results(message: bytes, authserv_id: str) -> tuple[ResInfo, ...]:
     """
     _check_trusted_id(authserv_id)
     results: list[ResInfo] = []
-    for value in rewrite.authentication_results_values(message):
+    for field in read_header(message).named("authentication-results"):
         try:
-            header = parse(_with_crlf_line_ends(value).decode("utf-8", errors="surrogateescape"))
+            header = parse(_crlf_value(field).decode("utf-8", errors="surrogateescape"))
         except AuthResSyntaxError:
             continue
         if _is_version_1(header.version) and authserv_id_matches(
@@ -100,9 +96,10 @@ def _is_version_1(version: str | None) -> bool:
     return version is None or version.lstrip("0") == _VERSION_1
 
 
-def _with_crlf_line_ends(value: bytes) -> bytes:
-    """Every line end as CRLF: the rewrite found the field with universal line ends."""
-    return _ANY_LINE_END.sub(_CRLF, value)
+def _crlf_value(field: Field) -> bytes:
+    """The field's value with every line end as CRLF: the reader also ends lines at a bare
+    CR or LF, the strict parser knows only CRLF folds."""
+    return field.with_crlf()[field.colon + 1 :]
 
 
 def _printable(value: str) -> str:

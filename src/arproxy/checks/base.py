@@ -81,3 +81,8 @@ class Check:
     run: CheckFunction
     # Returned when the check has not finished within the message's DNS budget.
     on_timeout: Callable[[CheckContext], tuple[MethodResult, ...]]
+    # Returned when the check raised. A check that reads the message (DATA stage and after)
+    # sets it: an exception there is a fault of the content, which the same message would
+    # raise again, so permerror (RFC 8601 section 2.7), never on_timeout's temperror. None:
+    # the check reads no content, a crash is a bug, reported as on_timeout.
+    on_crash: Callable[[CheckContext], tuple[MethodResult, ...]] | None = None

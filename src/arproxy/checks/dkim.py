@@ -40,6 +40,7 @@ import dkim.util
 from arproxy.authres import Property, ResInfo
 from arproxy.checks.base import Check, CheckContext, Stage, Value
 from arproxy.dns import Resolver, Status
+from arproxy.header import CRLF, Header, normalize_newlines, read_header
 
 log = logging.getLogger("arproxy.checks.dkim")
 # Hashing and RSA off the event loop; a few threads, as a 2-core machine has no more to give.
@@ -55,7 +56,6 @@ _WHITESPACE = re.compile(rb"\s+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+=*")
 # A key name label: letters, digits, hyphen, and the underscore of "_domainkey".
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_SIGNATURE_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 # dkimpy parses hostile input and, besides its own DKIMException, lets these escape on
 # malformed data: binascii.Error (a ValueError) for bad base64, ValueError from int() of an
@@ -145,10 +145,6 @@ class _Unverifiable(Exception):
         self.reason = reason
 
 
-class _MessageUnparsable(Exception):
-    """dkimpy cannot split the message into header fields."""
-
-
 @dataclass(frozen=True)
 class _Signature:
     """One DKIM-Signature field: its position among them and its tags (None: unparsable)."""
@@ -185,18 +181,50 @@ class _Key:
     keysize: int
 
 
+class _FieldName(bytes):
+    """A field name as dkimpy needs it: the bytes as written, white space before the colon
+    included, for simple canonicalisation, which hashes "the header fields exactly as they
+    are in the message" (RFC 6376 section 3.4.1); compared by the name alone, because
+    dkimpy selects the fields of h= by ``name.lower()`` (section 5.4: field names compare
+    case-insensitively, and ``Subject :`` is a Subject field, RFC 5322 section 4.5)."""
+
+    def lower(self) -> bytes:
+        return bytes(self).rstrip(b" \t").lower()
+
+
+def dkimpy_message(message: bytes, header: Header) -> tuple[list[list[bytes]], bytes]:
+    """The message as dkimpy's ``DKIM.headers`` and ``DKIM.body`` hold it, from our reader.
+
+    dkimpy's own splitter (``rfc822_parse``) refuses ``Name :`` and crashes (IndexError) on a
+    header that starts with white space, and its lines end only at LF. So dkimpy is handed
+    the fields arproxy reads: ``[name as written, value after the colon]``, every line end
+    CRLF (as dkimpy itself writes them); stray lines belong to no field and are not there,
+    as no signer could have hashed them. The body's line ends become CRLF too, which is what
+    RFC 6376 section 3.4 canonicalises (behind intake, nothing changes: all are CRLF).
+    """
+    fields = [
+        [_FieldName(field.raw[: field.colon]), normalize_newlines(field.value)]
+        for field in header.fields
+    ]
+    for field in fields:
+        if not field[1].endswith(CRLF):
+            field[1] += CRLF  # the last field of a message without body: dkimpy adds it too
+    return fields, normalize_newlines(message[header.body_start :])
+
+
 class _Verifier:
     """dkimpy's verifier for one message, behind typed methods.
 
     Its DKIM object keeps per-signature state (signature_fields, pk, keysize) that each
     verify() overwrites, so signatures are verified one after the other, never interleaved.
+    The message is read by ``arproxy.header`` and set on the object (``headers``, ``body``:
+    attributes dkimpy's ``set_message`` fills and its verify reads; pinned dkimpy < 1.2, and
+    tests/unit/checks/test_dkim.py fails if they change).
     """
 
     def __init__(self, message: bytes) -> None:
-        try:
-            self._dkim = dkim.DKIM(message, logger=log, minkey=MIN_RSA_BITS)
-        except dkim.MessageFormatError as exc:
-            raise _MessageUnparsable(str(exc)) from exc
+        self._dkim = dkim.DKIM(b"", logger=log, minkey=MIN_RSA_BITS)
+        self._dkim.headers, self._dkim.body = dkimpy_message(message, read_header(message))
 
     def signatures(self) -> list[_Signature]:
         """Every DKIM-Signature field, in header order (dkimpy's own indexing)."""
@@ -235,14 +263,9 @@ async def check(
     """One result per signature (header order), or a single `none` if there is none."""
     if ctx.message is None:
         raise ValueError("the dkim check runs on a complete message")
-    try:
-        # dkimpy splits the whole message here: off the loop too.
-        verifier = await asyncio.get_running_loop().run_in_executor(
-            _WORKERS, _Verifier, ctx.message
-        )
-    except _MessageUnparsable as exc:
-        log.info("dkim: message header not parsable: %s", exc)
-        return _unparsable_message_results(ctx.message)
+    # Reading the header and normalising the body's line ends walk the whole message: off
+    # the loop too.
+    verifier = await asyncio.get_running_loop().run_in_executor(_WORKERS, _Verifier, ctx.message)
     signatures = verifier.signatures()
     if not signatures:
         return (DkimResult(Value.NONE),)
@@ -283,14 +306,6 @@ def _over_limit_result(unchecked: int, limit: int) -> DkimResult:
     return DkimResult(
         Value.POLICY, reason=f"signatures over the limit of {limit} not verified: {unchecked}"
     )
-
-
-def _unparsable_message_results(message: bytes) -> tuple[DkimResult, ...]:
-    """A header dkimpy cannot split: permerror if it seems to hold a signature, else none."""
-    header = re.split(rb"\r?\n\r?\n", message, maxsplit=1)[0]
-    if _SIGNATURE_FIELD.search(header) is None:
-        return (DkimResult(Value.NONE),)
-    return (DkimResult(Value.PERMERROR, reason="message header not parsable"),)
 
 
 def _key_query(sig: _Signature) -> _KeyQuery | _Unverifiable:
@@ -442,11 +457,13 @@ async def _verify(
     except _DKIMPY_INPUT_ERRORS as exc:
         log.info("dkim: signature %d: %r", sig.index, exc)
         return _Unverifiable(Value.PERMERROR, "signature syntax error")  # RFC 6376 6.1.1
-    except Exception:
+    except Exception as exc:
         # dkimpy parsing hostile input has more failure modes than the ones named above;
         # one of them must not cost the message its other signatures' results. The same
-        # input would fail the same way again: permerror. Logged in full to be fixed.
-        log.exception("dkim: unexpected error verifying signature %d", sig.index)
+        # input would fail the same way again: permerror, never temperror. A fault on
+        # content, not ours to page about: one line, not a traceback.
+        log.warning("dkim: signature %d could not be processed: %r", sig.index, exc)
+        log.debug("dkim: signature %d: traceback", sig.index, exc_info=True)
         return _Unverifiable(Value.PERMERROR, "signature could not be processed")
     if not verified:
         # RFC 6376 6.1.3: PERMFAIL (signature did not verify); RFC 8601 2.7.1 fail.
@@ -519,4 +536,12 @@ def _on_timeout(ctx: CheckContext) -> tuple[DkimResult, ...]:
     return (DkimResult(Value.TEMPERROR, reason="timeout"),)
 
 
-CHECK = Check("dkim", Stage.DATA, check, on_timeout=_on_timeout)
+def _on_crash(ctx: CheckContext) -> tuple[DkimResult, ...]:
+    """The check raised on this message: the same message would make it raise again, so
+    nothing about it is temporary (RFC 8601 section 2.7.1 permerror, never temperror)."""
+    if ctx.message is None or not read_header(ctx.message).named("dkim-signature"):
+        return (DkimResult(Value.NONE),)
+    return (DkimResult(Value.PERMERROR, reason="message could not be processed"),)
+
+
+CHECK = Check("dkim", Stage.DATA, check, on_timeout=_on_timeout, on_crash=_on_crash)

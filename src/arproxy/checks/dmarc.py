@@ -19,7 +19,7 @@ import email.policy
 import email.utils
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -28,6 +28,7 @@ from publicsuffixlist import PublicSuffixList
 from arproxy.authres import Property, ResInfo
 from arproxy.checks.base import Check, CheckContext, Stage, Value
 from arproxy.dns import Resolver, Status
+from arproxy.header import read_header
 
 Disposition = Literal["none", "quarantine", "reject"]
 AlignmentMode = Literal["r", "s"]
@@ -61,8 +62,6 @@ _ACCEPTED_DEFECTS = (email.errors.ObsoleteHeaderDefect, email.errors.NonASCIILoc
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 # RFC 5322 section 3.6.8 ftext; white space before the colon is the obsolete syntax (4.5).
-_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
-_END_OF_HEADER = re.compile(rb"(?:\A|\n)\r?\n")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Section 6.4: the record starts with the v tag, whose value is "DMARC1" exactly (%x values
 # are case-sensitive); the tag name itself is an ABNF literal, so case-insensitive.
@@ -173,7 +172,13 @@ def author_domains(message: bytes | None) -> tuple[str, ...]:
     """
     if message is None:
         raise AuthorError("no message")
-    values = [value for name, value in header_fields(header_section(message)) if name == "from"]
+    # The From fields as every part of arproxy reads the header (arproxy.header): the header
+    # ends at the first empty line, lines end at CRLF, bare LF or bare CR, and a stray line
+    # belongs to no field. RFC 5322 section 2.2.3: unfolding drops only the line ends.
+    values = [
+        field.unfolded().decode("utf-8", errors="replace")
+        for field in read_header(message).named("from")
+    ]
     if not values:
         raise AuthorError("no From field")
     if len(values) > 1:
@@ -182,38 +187,6 @@ def author_domains(message: bytes | None) -> tuple[str, ...]:
     if len(domains) > MAX_AUTHOR_DOMAINS:
         raise AuthorError(f"{len(domains)} author domains, more than {MAX_AUTHOR_DOMAINS}")
     return domains
-
-
-def header_section(message: bytes) -> bytes:
-    """The message up to (not including) the empty line that ends its header."""
-    end = _END_OF_HEADER.search(message)
-    return message if end is None else message[: end.start()]
-
-
-def header_fields(header: bytes) -> Iterator[tuple[str, str]]:
-    """(lower-case name, unfolded value) of each field; stray lines belong to no field.
-
-    Our own split rather than the email package's: a line that is neither a field nor a
-    continuation does not end the header here, so a From field after it is still counted.
-    """
-    name: str | None = None
-    parts: list[str] = []
-    for raw_line in header.split(b"\n"):
-        line = raw_line.removesuffix(b"\r").decode("utf-8", errors="replace")
-        if line[:1] in (" ", "\t"):
-            if name is not None:
-                parts.append(line)  # RFC 5322 section 2.2.3: unfolding drops only the CRLF
-            continue
-        if name is not None:
-            yield name, "".join(parts)
-        field_name, colon, value = line.partition(":")
-        field_name = field_name.rstrip(" \t")
-        if colon and _FIELD_NAME.fullmatch(field_name):
-            name, parts = field_name.lower(), [value]
-        else:
-            name, parts = None, []
-    if name is not None:
-        yield name, "".join(parts)
 
 
 def _mailbox_domains(value: str) -> list[str]:
@@ -525,4 +498,14 @@ def _on_timeout(ctx: CheckContext) -> tuple[DmarcResult, ...]:
     return (DmarcResult(Value.TEMPERROR, domains[0], reason="timeout"),)
 
 
-CHECK = Check("dmarc", Stage.AFTER_CHECKS, check, on_timeout=_on_timeout)
+def _on_crash(ctx: CheckContext) -> tuple[DmarcResult, ...]:
+    """The evaluation raised: the same message would make it raise again, so nothing about
+    it is temporary (RFC 7489 section 11.2 permerror, never temperror)."""
+    try:
+        domains = author_domains(ctx.message)
+    except AuthorError as exc:
+        return (DmarcResult(Value.PERMERROR, reason=str(exc)),)
+    return (DmarcResult(Value.PERMERROR, domains[0], reason="evaluation failed"),)
+
+
+CHECK = Check("dmarc", Stage.AFTER_CHECKS, check, on_timeout=_on_timeout, on_crash=_on_crash)

@@ -4,7 +4,9 @@ iprev starts at connect, SPF for the HELO identity at EHLO, SPF for MAIL FROM at
 MAIL, DKIM and auth when the message is complete, DMARC once SPF and DKIM are in.
 At the end of DATA `collect` waits only for what is still outstanding, within the
 per-message budget (`dns.message_budget`); a check still running then is reported
-as its own timeout result (temperror) instead of holding the client.
+as its own timeout result (temperror) instead of holding the client. A check that
+raised is reported by its `on_crash` result if it has one (the checks that read the
+message: permerror, a fault of the content), else as its timeout.
 """
 
 from __future__ import annotations
@@ -59,11 +61,25 @@ class _Running:
             return self.check.on_timeout(self.ctx)
         error = self.task.exception()
         if error is not None:
-            # A bug in a check must not cost the message: report what a timeout
-            # would, and keep the traceback for the administrator.
-            log.error("check %s failed: %s", self.check.method, error, exc_info=error)
-            return self.check.on_timeout(self.ctx)
+            return self._crashed(error)
         return self.task.result()
+
+    def _crashed(self, error: BaseException) -> tuple[MethodResult, ...]:
+        """A check that raised: crashed on content (permerror) or a bug (as a timeout)."""
+        if self.check.on_crash is not None:
+            # A fault of the message's content, which would raise again: not temporary,
+            # and one log line rather than a traceback for every such message.
+            log.warning(
+                "check %s failed on the message: %s: %s",
+                self.check.method,
+                type(error).__name__,
+                error,
+            )
+            return self.check.on_crash(self.ctx)
+        # A bug in a check must not cost the message: report what a timeout
+        # would, and keep the traceback for the administrator.
+        log.error("check %s failed: %s", self.check.method, error, exc_info=error)
+        return self.check.on_timeout(self.ctx)
 
 
 class SessionChecks:

@@ -1,0 +1,163 @@
+"""The one raw header reader: where the header ends and what each of its fields is.
+
+Every part of arproxy that looks at the message header (intake, the rewrite, DKIM, DMARC's
+From reader, the trusted-results reader) reads it through ``read_header``, so they all see
+the same fields with the same boundaries. Pure: no I/O, no logging, never raises.
+
+How the bytes are read (RFC 5322 section 2.1, with the line ends real messages have):
+
+- A line ends at CRLF, at a bare LF, or at a bare CR: the lines Python's email package and
+  ``bytes.splitlines`` find, and exactly the lines ``normalize_newlines`` (intake's
+  ``bare_newline = "normalize"``) turns into CRLF lines. Reading a message and reading its
+  normalised form give the same fields. (arproxy's SMTP intake refuses or normalises bare
+  CR and LF by default, so behind it every line ends in CRLF; the rule matters for
+  ``arproxy check`` and ``arproxy results``, which read files.)
+- The header ends at the first empty line; the body starts after it (RFC 5322 section 2.1).
+  A message whose first line is empty has an empty header. A message without an empty line
+  is all header.
+- A field starts with a line ``name *WSP ":"`` (RFC 5322 section 3.6.8, and the obsolete
+  white space before the colon of section 4.5, which a reader must accept); its name is
+  printable US-ASCII except ':'. A following line that starts with SP or HT continues it
+  (folding, section 2.2.3).
+- A line that is neither a field start nor a continuation is a stray line, and so is a
+  continuation with nothing to continue (a header whose first line starts with white
+  space). A stray line takes its own continuations with it: a field never absorbs a line
+  that a reader would not have folded into it, and a stray line is never part of a field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+# RFC 5322 section 3.6.8 ftext (%d33-57 / %d59-126), then the obsolete WSP of section 4.5.
+_FIELD_START = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_WSP = (b" ", b"\t")
+CRLF = b"\r\n"
+
+_LEADING_CONTINUATION = "leading-continuation"
+# A field start (its match), a line that is not a field (None), or a leading continuation.
+_Start = re.Match[bytes] | None | str
+
+
+@dataclass(frozen=True)
+class Field:
+    """One header field, byte for byte as written.
+
+    ``raw`` is ``message[start:stop]``: the name, any white space before the colon, the colon,
+    the value, every folded line and the final line end (absent only for a header that ends
+    the message without one).
+    """
+
+    name: bytes  # as written, without the white space before the colon
+    raw: bytes
+    start: int  # offsets into the message
+    stop: int
+    colon: int  # offset of the colon within ``raw``
+
+    @property
+    def lower_name(self) -> str:
+        """The name in lower case, for comparisons (field names are case-insensitive)."""
+        return self.name.decode("ascii").lower()
+
+    @property
+    def value(self) -> bytes:
+        """Everything after the colon as written: folds and the final line end included."""
+        return self.raw[self.colon + 1 :]
+
+    def unfolded(self) -> bytes:
+        """The value unfolded (RFC 5322 section 2.2.3: every line end is removed, the white
+        space after it stays), without the final line end."""
+        return _LINE_END.sub(b"", self.value)
+
+    def with_crlf(self) -> bytes:
+        """``raw`` with every line end written as CRLF (the bytes a CRLF-only reader sees
+        after intake's normalisation); identical to ``raw`` when the message used CRLF."""
+        return normalize_newlines(self.raw)
+
+
+@dataclass(frozen=True)
+class Stray:
+    """Lines that belong to no field: a line that is not a field, or continuation lines at
+    the very top of the header, with their own continuation lines."""
+
+    kind: Literal["not-a-field", "leading-continuation"]
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header of a message: its fields and stray lines in order, and where it ends.
+
+    ``message[:end]`` is the header block (every field's lines, line ends included);
+    ``message[end:body_start]`` is the empty line that ends it (empty if there is none);
+    ``message[body_start:]`` is the body.
+    """
+
+    items: tuple[Field | Stray, ...]
+    end: int
+    body_start: int
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        return tuple(item for item in self.items if isinstance(item, Field))
+
+    @property
+    def strays(self) -> tuple[Stray, ...]:
+        return tuple(item for item in self.items if isinstance(item, Stray))
+
+    def named(self, name: str) -> tuple[Field, ...]:
+        """The fields called ``name`` (any case), in header order."""
+        wanted = name.lower()
+        return tuple(field for field in self.fields if field.lower_name == wanted)
+
+
+def read_header(message: bytes) -> Header:
+    """Read the header of ``message`` as the module docstring says. Never raises."""
+    starts: list[tuple[int, _Start]] = []  # where each item's first line starts, and what it is
+    pos = 0
+    end = body_start = len(message)
+    while pos < len(message):
+        line_end = _LINE_END.search(message, pos)
+        content_end, next_pos = line_end.span() if line_end else (len(message), len(message))
+        if content_end == pos:
+            end, body_start = pos, next_pos  # the empty line: the body follows it
+            break
+        if message[pos : pos + 1] not in _WSP:
+            starts.append((pos, _FIELD_START.match(message, pos, content_end)))
+        elif not starts:
+            starts.append((pos, _LEADING_CONTINUATION))
+        # else: a continuation line of the item before it
+        pos = next_pos
+    stops = [start for start, _ in starts[1:]] + [end] if starts else []
+    return Header(
+        tuple(
+            _item(message, start, stop, kind)
+            for (start, kind), stop in zip(starts, stops, strict=True)
+        ),
+        end,
+        body_start,
+    )
+
+
+def _item(message: bytes, start: int, stop: int, kind: _Start) -> Field | Stray:
+    if kind is None:
+        return Stray("not-a-field", start, stop)
+    if isinstance(kind, str):
+        return Stray("leading-continuation", start, stop)
+    return Field(kind.group(1), message[start:stop], start, stop, kind.end() - 1 - start)
+
+
+def normalize_newlines(content: bytes) -> bytes:
+    """Every bare CR and bare LF becomes CRLF: the lines ``read_header`` reads, all CRLF."""
+    return _BARE_NEWLINE.sub(CRLF, content)
+
+
+def first_bare_newline(content: bytes) -> int | None:
+    """The offset of the first bare CR or bare LF in ``content``, or None."""
+    found = _BARE_NEWLINE.search(content)
+    return None if found is None else found.start()
