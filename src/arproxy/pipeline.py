@@ -253,6 +253,7 @@ class Transaction:
             queue_id=self.queue_id,
             recipients=tuple(self.recipients),
             when=datetime.now().astimezone(),
+            smtputf8=self.smtputf8,
         )
 
     async def close(self) -> None:

@@ -33,6 +33,7 @@ class TraceInfo:
     queue_id: str
     recipients: tuple[str, ...]
     when: datetime
+    smtputf8: bool = False  # MAIL FROM carried SMTPUTF8 (RFC 6531)
 
 
 def address_literal(ip: str) -> str:
@@ -74,10 +75,13 @@ def _parses_as(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Addre
 
 
 def protocol_name(info: TraceInfo) -> str:
-    """RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
+    """The WITH protocol: RFC 3848's SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, and for a
+    transaction whose MAIL carried SMTPUTF8 RFC 6531 section 3.7.3's UTF8SMTP,
+    UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA (SMTPUTF8 is only reachable over EHLO)."""
     if not info.esmtp:
         return "SMTP"
-    return "ESMTP" + ("S" if info.tls else "") + ("A" if info.authenticated else "")
+    base = "UTF8SMTP" if info.smtputf8 else "ESMTP"
+    return base + ("S" if info.tls else "") + ("A" if info.authenticated else "")
 
 
 def received_field(info: TraceInfo) -> bytes:

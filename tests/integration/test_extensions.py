@@ -289,6 +289,10 @@ def test_smtputf8_end_to_end(utf8_chain: tuple[Arproxy, Arproxy]) -> None:
     # the same domain as the U-labels; the DNS knows only A-labels).
     assert values[("spf", "smtp", "mailfrom")] == "xn--bcher-kva.example", ours[0]
     assert values[("dmarc", "header", "from")] == "xn--bcher-kva.example", ours[0]
+    # RFC 6531 section 3.7.3: each hop stamps the transaction UTF8SMTP.
+    received = [f for f in fields if f.startswith("Received: ")]
+    assert len(received) == 2, header
+    assert all(" with UTF8SMTP id " in f for f in received), received
 
 
 def test_u_label_domain_that_idna_versions_disagree_on_is_not_local(

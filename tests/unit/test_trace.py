@@ -98,3 +98,27 @@ def test_untagged_ipv6_helo_is_not_written_as_a_literal() -> None:
     """``EHLO [2001:db8::1]``: RFC 5321 section 4.1.3 literals only in Received."""
     field = received_field(info(client_ip="2001:db8::1", helo="[2001:db8::1]"))
     assert field.startswith(b"Received: from [IPv6:2001:db8::1] ([IPv6:2001:db8::1])\r\n")
+
+
+@pytest.mark.parametrize(
+    ("tls", "authenticated", "protocol"),
+    [
+        (False, False, b"UTF8SMTP"),
+        (True, False, b"UTF8SMTPS"),
+        (False, True, b"UTF8SMTPA"),
+        (True, True, b"UTF8SMTPSA"),
+    ],
+)
+def test_smtputf8_transactions_use_the_rfc6531_protocol_names(
+    tls: bool, authenticated: bool, protocol: bytes
+) -> None:
+    """RFC 6531 section 3.7.3: a message received with SMTPUTF8 is stamped UTF8SMTP,
+    with S for TLS and A for SMTP AUTH as in RFC 3848."""
+    field = received_field(info(smtputf8=True, tls=tls, authenticated=authenticated))
+    assert b"(arproxy) with " + protocol + b" id ABC123" in field
+
+
+def test_a_utf8_recipient_is_not_named_in_an_ascii_trace_field() -> None:
+    field = received_field(info(smtputf8=True, recipients=("jörg@example.com",)))
+    assert b"for" not in field
+    field.decode("ascii")
