@@ -24,9 +24,23 @@ is included"), decided by `reported`:
   the HELO result, written as `smtp.helo`.
 
 `policy` (RFC 8601 section 2.7.2: SPF authorized the client, but local policy finds the result
-unacceptable) is our local rule for a pass that only the `all` mechanism gave (`+all`, or a
-record whose every term is `all`): such a record authorizes every host on the Internet, so the
-pass says nothing about the sender, and DMARC must not align on it.
+unacceptable) is our local rule for a pass whose deciding mechanism, in the sender domain's own
+record, is `all` (`+all`, `all`, `+ALL`): such a record authorizes every host on the Internet,
+so the pass says nothing about the sender, and DMARC must not align on it. Only the top-level
+record's matching mechanism is looked at, so the rule also fires for `include:other all`
+when the include did not match (the client was authorized by `all`, not by the include);
+a pass by an `include:` that matched (even through the included record's own `+all`), or by
+any other mechanism before `all`, stays a pass.
+
+Names built by macros (section 7.3) may hold any visible character (section 7.1: `bob+tag`,
+SRS `SRS0=...`, `foo:bar`): the resolver sends them all (dns.py), so they are asked like any
+other name. pyspf itself gives a label over 63 octets no lookup (and no void count) and
+shortens a macro expansion over 253 octets from the left, as section 7.3 says.
+
+The `ptr` mechanism and the %{p} macro (sections 5.5, 7.3): a DNS error on the PTR lookup
+makes the mechanism not match, and one on the A/AAAA lookup of one PTR name skips that name
+and the search goes on; pyspf raises temperror for both, so `_Query.validated_ptrs` (a
+method pyspf calls for both uses) catches the error of each lookup.
 """
 
 from __future__ import annotations
@@ -77,8 +91,6 @@ _RESULT_VALUES = {
 # A host name label (RFC 1123 section 2.1 LDH), compared lower-cased.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 MAX_DOMAIN_LENGTH = 253  # 255 octets on the wire, less the length octet and the root
-# The names our resolver (c-ares) can put in a query; it refuses most other characters.
-_QUERYABLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 _QUERY_TYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT"})
 
 _COMMENTS = {
@@ -94,6 +106,14 @@ _COMMENTS = {
 
 class UnexpectedSpfResult(RuntimeError):
     """pyspf returned a result that RFC 7208 section 2.6 does not define."""
+
+
+class CheckAborted(spf.TempError):  # type: ignore[misc]
+    """The evaluation was cancelled, lost its event loop, or spent its time budget
+    (section 4.6.4): no further lookup can be answered.
+
+    Not a DNS error about one name, so the ptr mechanism never skips past it.
+    """
 
 
 @dataclass(frozen=True)
@@ -375,7 +395,7 @@ def evaluate_blocking(
     """
     _thread_state.bridge = bridge
     try:
-        query = spf.query(
+        query = _Query(
             i=request.ip, s=request.sender, h=request.helo, strict=True, querytime=query_time
         )
         # pyspf splits <sender> at its first "@", wrong for a quoted local-part holding one;
@@ -385,6 +405,39 @@ def evaluate_blocking(
     finally:
         _thread_state.bridge = None
     return str(outcome), str(explanation), str(query.mechanism or "")
+
+
+class _Query(spf.query):  # type: ignore[misc]
+    """pyspf's query, with the DNS errors of the ptr mechanism handled as section 5.5 says.
+
+    pyspf (2.0.x) calls `validated_ptrs` for the `ptr` mechanism and for %{p}; its own lets
+    a TempError of any lookup end the whole evaluation as temperror. A test
+    (test_ptr_hook_is_called) fails if pyspf stops calling this method; pyproject pins
+    pyspf below 2.1 for that reason.
+    """
+
+    def validated_ptrs(self) -> list[str]:
+        """The client's PTR names (at most 10, section 4.6.4) whose A/AAAA records hold
+        the client address (section 5.5), each name's DNS error skipping that name."""
+        try:
+            names: list[str] = self.dns_ptr(self.i)
+        except CheckAborted:
+            raise
+        except spf.TempError:
+            if self.querytime < 0:
+                raise  # the evaluation's time is spent: temperror (section 4.6.4)
+            return []  # section 5.5: "this mechanism fails to match"
+        return [name for name in names[: spf.MAX_PTR] if self._maps_back(name)]
+
+    def _maps_back(self, name: str) -> bool:
+        try:
+            return bool(self.cidrmatch(self.dns_a(name, self.A), self.cidrmax))
+        except CheckAborted:
+            raise
+        except spf.TempError:
+            if self.querytime < 0:
+                raise
+            return False  # section 5.5: "that domain name is skipped and the search continues"
 
 
 # pyspf's record data (DNSLookup_dnspython): TXT a list of bytes strings, A/AAAA/PTR text,
@@ -417,20 +470,20 @@ class DnsBridge:
         """pyspf's DNSLookup: records, [] for a void lookup; spf.TempError when DNS failed."""
         if qtype not in _QUERY_TYPES:
             return []  # type SPF (99), retired by RFC 7208 section 3.1; pyspf asks only if harsh
-        if len(name) > MAX_DOMAIN_LENGTH or _QUERYABLE_NAME.fullmatch(name) is None:
-            # Macros (section 7.3) build names from the client's local-part ("a+tag") that
-            # c-ares refuses to send, which our resolver reports as a temporary failure: the
-            # message would get temperror on every retry. Such a name is taken as one that
-            # does not exist instead (a void lookup, counted against the limit of 2).
-            return []
+        # Any name, whatever its characters (section 7.1): the resolver sends what the DNS
+        # can carry and answers NXDOMAIN (a void lookup, section 4.6.4) for what it cannot.
         future = self._submit(name, qtype)
         try:
             found = future.result(max(0.0, min(timeout, self.lookup_timeout)))
         except TimeoutError:
             self._cancel_future(future)
+            if timeout < self.lookup_timeout:
+                # pyspf gives the rest of its query time when that is the shorter bound:
+                # the evaluation is out of time, not just this name out of answers.
+                raise CheckAborted(f"DNS {qtype} {name}: query time spent") from None
             raise spf.TempError(f"DNS {qtype} {name}: no answer in time") from None
         except concurrent.futures.CancelledError:
-            raise spf.TempError(f"DNS {qtype} {name}: check cancelled") from None
+            raise CheckAborted(f"DNS {qtype} {name}: check cancelled") from None
         finally:
             with self._lock:
                 self._pending = None
@@ -439,13 +492,13 @@ class DnsBridge:
     def _submit(self, name: str, qtype: str) -> concurrent.futures.Future[Lookup]:
         with self._lock:
             if self._cancelled:
-                raise spf.TempError("check cancelled")
+                raise CheckAborted("check cancelled")
             coroutine = self.resolver.lookup(name, qtype)
             try:
                 future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
             except RuntimeError:  # the loop is closed: nobody waits for this result any more
                 coroutine.close()
-                raise spf.TempError("event loop closed") from None
+                raise CheckAborted("event loop closed") from None
             self._pending = future
         return future
 
