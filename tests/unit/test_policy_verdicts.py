@@ -3,6 +3,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from arproxy.checks.base import Value
 from arproxy.checks.dmarc import DmarcResult
@@ -68,3 +70,40 @@ def test_dmarc_temperror_is_451_or_delivered_never_550() -> None:
 @pytest.mark.parametrize("refusal", FINAL_REFUSALS)
 def test_final_fails_are_still_refused_without_a_temperror(refusal: object) -> None:
     assert str(decide([refusal], ALL).reply).startswith("550 5.7.")  # type: ignore[list-item]
+
+
+_ANY_RESULT = st.one_of(
+    st.builds(SpfResult, st.sampled_from(list(Value)), st.just("mailfrom"), st.just("s.test")),
+    st.builds(IprevResult, st.sampled_from(list(Value)), st.just("192.0.2.1")),
+    st.builds(
+        DmarcResult,
+        st.sampled_from(list(Value)),
+        st.just("s.test"),
+        st.sampled_from(["none", "quarantine", "reject", None]),
+    ),
+)
+
+
+@given(
+    results=st.lists(_ANY_RESULT, max_size=5),
+    switches=st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_no_switch_turns_a_temperror_into_a_5xx(
+    results: list[object], switches: list[bool]
+) -> None:
+    """Every combination of switches and results: with tempfail_on_temperror a temperror
+    always gives 451; a 5xx only ever comes from a final fail of the switch's method."""
+    config = dataclasses.replace(
+        OFF,
+        reject_dmarc=switches[0],
+        reject_spf_fail=switches[1],
+        reject_iprev_fail=switches[2],
+        tempfail_on_temperror=switches[3],
+    )
+    verdict = decide(results, config)  # type: ignore[arg-type]
+    temporary = any(r.value is Value.TEMPERROR for r in results)  # type: ignore[attr-defined]
+    if temporary and config.tempfail_on_temperror:
+        assert verdict.reply is not None and verdict.reply.code == 451
+    if verdict.reply is not None and verdict.reply.code >= 500:
+        method = verdict.reason.split("=")[0]
+        assert any(r.method == method and r.value is Value.FAIL for r in results)  # type: ignore[attr-defined]

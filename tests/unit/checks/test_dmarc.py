@@ -7,11 +7,13 @@ own protocols, never through checks/spf.py or checks/dkim.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arproxy.authres import AuthenticationResults, ResInfo, format_field, parse
@@ -207,6 +209,44 @@ def test_an_aligned_identity_in_temperror_makes_dmarc_temperror(
         assert "dis=" not in field_of(result)
     if value is Value.FAIL:
         assert result.policy == "reject"
+
+
+_VALUES = [Value.PASS, Value.FAIL, Value.SOFTFAIL, Value.NONE, Value.PERMERROR, Value.TEMPERROR]
+_DOMAINS = ["dmarc-reject.test", "mail.dmarc-reject.test", "sender.test"]
+_PRIOR = st.one_of(
+    st.builds(
+        Spf,
+        st.sampled_from(_VALUES),
+        st.sampled_from(["mailfrom", "helo"]),
+        st.sampled_from(_DOMAINS),
+    ),
+    st.builds(Dkim, st.sampled_from(_VALUES), st.sampled_from([*_DOMAINS, None])),
+)
+
+
+def _resolved(prior: list[MethodResult], value: Value) -> list[MethodResult]:
+    """`prior` with every temperror replaced by `value`: one outcome of a later attempt."""
+    return [
+        dataclasses.replace(r, value=value) if r.value is Value.TEMPERROR else r  # type: ignore[type-var]
+        for r in prior
+    ]
+
+
+@settings(max_examples=60)
+@given(prior=st.lists(_PRIOR, max_size=4), mail_from=st.sampled_from(["<>", "a@x.test"]))
+def test_a_fail_is_final_and_a_temperror_is_not(
+    dns_server: KnotServer, prior: list[MethodResult], mail_from: str
+) -> None:
+    """RFC 7489 section 11.2: fail is final, temperror means a later attempt might give a
+    final result. So a fail stays a fail whatever the temperrors turn into, and a
+    temperror becomes a pass if they all pass (and a fail if they all fail)."""
+    run = functools.partial(run_dmarc, dns_server.port, "a@dmarc-reject.test", mail_from=mail_from)
+    result = run(*prior)
+    if result.value is Value.FAIL:
+        assert run(*_resolved(prior, Value.PASS)).value is Value.FAIL
+    if result.value is Value.TEMPERROR:
+        assert run(*_resolved(prior, Value.PASS)).value is Value.PASS
+        assert run(*_resolved(prior, Value.FAIL)).value is Value.FAIL
 
 
 @pytest.mark.parametrize("mail_from", ["<>", ""])
