@@ -245,15 +245,17 @@ class Resolver:
             return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
         qname = dns.name.Name((*labels, b""))
         try:
-            answer = await self._dnspython_resolver().resolve(qname, rtype, search=False)
+            resolver = self._dnspython_resolver()  # may read /etc/resolv.conf: can fail
+            answer = await resolver.resolve(qname, rtype, search=False)
         except dns.resolver.NXDOMAIN:
             return Lookup(name, rtype, Status.NXDOMAIN, reason="NXDOMAIN")
         except dns.resolver.NoAnswer:
             return Lookup(name, rtype, Status.NODATA, reason="no records of that type")
         except dns.exception.Timeout:
             return Lookup(name, rtype, Status.TEMPFAIL, reason="timeout")
-        except dns.exception.DNSException as exc:  # SERVFAIL, REFUSED, no server answered
-            return Lookup(name, rtype, Status.TEMPFAIL, reason=str(exc))
+        except (dns.exception.DNSException, OSError) as exc:
+            # SERVFAIL, REFUSED, no server answered, no resolver configuration, no route.
+            return Lookup(name, rtype, Status.TEMPFAIL, reason=str(exc) or type(exc).__name__)
         rrset = answer.rrset
         if rrset is None or not len(rrset):
             return Lookup(name, rtype, Status.NODATA, reason="no records of that type")
