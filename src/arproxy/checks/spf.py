@@ -34,8 +34,10 @@ any other mechanism before `all`, stays a pass.
 
 Names built by macros (section 7.3) may hold any visible character (section 7.1: `bob+tag`,
 SRS `SRS0=...`, `foo:bar`): the resolver sends them all (dns.py), so they are asked like any
-other name. pyspf itself gives a label over 63 octets no lookup (and no void count) and
-shortens a macro expansion over 253 octets from the left, as section 7.3 says.
+other name. A name no DNS can carry (a label over 63 octets, a name over 253) is not asked
+and counts as a void lookup (section 4.6.4), as the NXDOMAIN it would be: `_Query.dns`
+(pyspf alone returns no records without counting it). pyspf shortens a macro expansion
+over 253 octets from the left, as section 7.3 says, before that.
 
 The `ptr` mechanism and the %{p} macro (sections 5.5, 7.3): a DNS error on the PTR lookup
 makes the mechanism not match, and one on the A/AAAA lookup of one PTR name skips that name
@@ -59,7 +61,7 @@ import spf
 
 from arproxy.authres import Property, ResInfo
 from arproxy.checks.base import Check, CheckContext, Stage, Value
-from arproxy.dns import Lookup, Resolver, Status
+from arproxy.dns import Lookup, Resolver, Status, wire_labels
 
 log = logging.getLogger("arproxy.checks.spf")
 
@@ -408,13 +410,31 @@ def evaluate_blocking(
 
 
 class _Query(spf.query):  # type: ignore[misc]
-    """pyspf's query, with the DNS errors of the ptr mechanism handled as section 5.5 says.
+    """pyspf's query, with the DNS errors of the ptr mechanism handled as section 5.5 says
+    and names no DNS can carry counted as void lookups.
 
     pyspf (2.0.x) calls `validated_ptrs` for the `ptr` mechanism and for %{p}; its own lets
-    a TempError of any lookup end the whole evaluation as temperror. A test
-    (test_ptr_hook_is_called) fails if pyspf stops calling this method; pyproject pins
-    pyspf below 2.1 for that reason.
+    a TempError of any lookup end the whole evaluation as temperror. Every lookup goes
+    through `dns`. Tests (test_ptr_hook_is_called, test_names_no_dns_can_carry_are_void)
+    fail if pyspf stops calling these methods; pyproject pins pyspf below 2.1 for that
+    reason.
     """
+
+    def dns(
+        self, name: str, qtype: str, cnames: object = None, ignore_void: bool = False
+    ) -> list[object]:
+        """pyspf's cached lookup; a name no DNS can carry is a void lookup (section 4.6.4).
+
+        Raise spf.PermError past the void lookup limit, spf.TempError on DNS failure.
+        """
+        if name and wire_labels(str(name).removesuffix(".")) is None:
+            if not ignore_void:
+                self.void_lookups += 1
+                if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                    raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+            return []
+        records: list[object] = super().dns(name, qtype, cnames, ignore_void)
+        return records
 
     def validated_ptrs(self) -> list[str]:
         """The client's PTR names (at most 10, section 4.6.4) whose A/AAAA records hold

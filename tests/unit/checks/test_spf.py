@@ -222,6 +222,21 @@ def test_ptr_dns_errors_skip_the_name(
     assert one_value(dns_server.port, ip, sender) is value
 
 
+@pytest.mark.parametrize(
+    ("sender", "value"),
+    [
+        # RFC 7208 section 4.6.4: a %{l} label of 64 octets cannot exist, like an NXDOMAIN.
+        ("x" * 64 + "@longvoids2.spf-limits.test", Value.PASS),  # two voids, then ip4
+        ("x" * 64 + "@longvoids3.spf-limits.test", Value.PERMERROR),  # three: over the limit
+        ("x" * 63 + "@longvoids3.spf-limits.test", Value.PERMERROR),  # asked, NXDOMAIN x 3
+        ("bob@longvoids3.spf-limits.test", Value.PERMERROR),
+    ],
+)
+def test_names_no_dns_can_carry_are_void(dns_server: KnotServer, sender: str, value: Value) -> None:
+    assert "dns" in vars(spf.query)  # the pyspf method our override replaces
+    assert one_value(dns_server.port, GOOD, sender) is value
+
+
 def test_ptr_hook_is_called(dns_server: KnotServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """pyspf must call `validated_ptrs` for ptr (our override of it is the section 5.5 fix);
     if a pyspf release stops doing so, this fails."""
