@@ -374,8 +374,11 @@ async def _evaluate(dns: Resolver, request: SpfRequest, query_time: float) -> tu
 
 
 def _authorizes_every_host(mechanism: str) -> bool:
-    """The matching mechanism (pyspf's, as written) is `all` or `+all`, in any case
-    (RFC 7208 section 4.6.1: mechanism names are case-insensitive)."""
+    """The mechanism that matched in the sender domain's own record (pyspf's, as written)
+    is `all` or `+all`, in any case (RFC 7208 section 4.6.1: mechanism names are
+    case-insensitive). Only the top-level record counts: `include:x all` whose include did
+    not match is a pass by `all` (the rule fires); an include that matched, even through
+    the included record's own `+all`, is reported by pyspf as the include (it does not)."""
     return mechanism.lower().removeprefix("+") == "all"
 
 

@@ -741,6 +741,8 @@ def test_identity_domain(text: str, domain: str | None) -> None:
         ("a@bareall.spf-policy.test", Value.POLICY),
         ("a@upperall.spf-policy.test", Value.POLICY),
         ("a@ipandall.spf-policy.test", Value.PASS),
+        ("a@includeall.spf-policy.test", Value.POLICY),
+        ("a@includeplus.spf-policy.test", Value.PASS),
     ],
 )
 def test_a_pass_by_all_alone_is_policy(dns_server: KnotServer, sender: str, value: Value) -> None:
