@@ -1,4 +1,4 @@
-"""The one DNS resolver every check uses: aiodns, a TTL cache, typed outcomes.
+"""The one DNS resolver every check uses: aiodns (and dnspython), a TTL cache, typed outcomes.
 
 Checks never see a DNS exception. A query ends in exactly one `Lookup` whose
 `status` says what the RFCs need to tell apart: an answer, NXDOMAIN, no data
@@ -9,6 +9,16 @@ The cache is ours, bounded in size and honouring each answer's TTL; negative
 answers are kept for a short fixed time. pyspf (synchronous, in a worker thread)
 and dkimpy (asynchronous) are both served through `Resolver.lookup`, so there is
 one place that talks to the network and one cache.
+
+One resolver, two transports. c-ares (aiodns) refuses to send names holding `:` `/` `%`
+`+` `=` space and others ("Misformatted domain name"), and reads a backslash as an escape; all of
+these are legal in the DNS (RFC 2181 section 11: a label is any octets) and in SPF (RFC 7208
+section 7.1: a domain-spec may hold any visible character), and SPF macros build them from
+a sender's local-part (`bob+tag`, SRS `SRS0=...=bob`). Such names go out through dnspython,
+which sends any octets, to the same nameservers with the same time bound, through the same
+cache and in-flight sharing. Only a name the DNS cannot carry at all (an empty label, a
+label over 63 octets, a name over 253: RFC 1035 sections 2.3.4 and 3.1) is answered
+NXDOMAIN without a query: no such name can exist.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import enum
 import functools
 import ipaddress
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,6 +36,12 @@ from dataclasses import dataclass
 
 import aiodns
 import aiodns.error
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdata
+import dns.resolver
 import pycares
 
 from arproxy.config import DnsConfig, HostPort
@@ -38,6 +55,16 @@ NEGATIVE_TTL = 60
 # A failure is never cached: the next message asks again.
 MAX_TTL = 86400  # answers are re-asked at least daily whatever their TTL says
 SUPPORTED_TYPES = ("A", "AAAA", "PTR", "TXT", "MX", "CNAME")
+# RFC 1035 section 2.3.4: 63 octets a label, 255 a name on the wire (253 in text, without
+# the length octet of the first label and the root).
+MAX_LABEL_OCTETS = 63
+MAX_NAME_OCTETS = 253
+# What c-ares sends as written: letters, digits, "-" and "_" (c-ares reads "\" as an
+# escape and refuses most other characters). Every other name goes through dnspython.
+_C_ARES_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
+# DNS compares names ignoring ASCII case only (RFC 4343); str.lower() would also fold
+# non-ASCII letters, which are different octets to the DNS.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class Status(enum.Enum):
@@ -78,10 +105,22 @@ class Lookup:
 _ARES_STATUS = {
     pycares.errno.ARES_ENOTFOUND: Status.NXDOMAIN,
     pycares.errno.ARES_ENODATA: Status.NODATA,
-    # A name c-ares will not even send (a space, "@", a control character) cannot
-    # exist in the DNS: asking again would never help, so it is not a tempfail.
-    pycares.errno.ARES_EBADNAME: Status.NXDOMAIN,
 }
+
+
+def wire_labels(name: str) -> tuple[bytes, ...] | None:
+    """The labels of `name` (text, dots between labels, no trailing dot) as the octets
+    the DNS carries (UTF-8), or None when no DNS name can hold it: an empty label, a label
+    over 63 octets or a name over 253 (RFC 1035 section 2.3.4)."""
+    try:
+        labels = tuple(label.encode("utf-8", errors="surrogateescape") for label in name.split("."))
+    except UnicodeEncodeError:  # a lone surrogate: no octets to send
+        return None
+    if any(not 0 < len(label) <= MAX_LABEL_OCTETS for label in labels):
+        return None
+    if sum(len(label) + 1 for label in labels) - 1 > MAX_NAME_OCTETS:
+        return None
+    return labels
 
 
 class Resolver:
@@ -104,6 +143,8 @@ class Resolver:
         self._resolver = aiodns.DNSResolver(
             nameservers=servers or None, timeout=timeout / tries, tries=tries
         )
+        self._servers = tuple(nameservers)
+        self._dnspython: dns.asyncresolver.Resolver | None = None  # made at first need
         self._cache: OrderedDict[tuple[str, str], tuple[float, Lookup]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Future[Lookup]] = {}
         self.queries_sent = 0
@@ -113,10 +154,16 @@ class Resolver:
         return cls(config.nameservers, config.timeout)
 
     async def lookup(self, name: str, rtype: str) -> Lookup:
-        """Resolve `name`/`rtype` through the cache; never raises for DNS trouble."""
+        """Resolve `name`/`rtype` through the cache; never raises for DNS trouble.
+
+        `name` is text, any characters, labels separated by dots. A name the DNS cannot
+        carry is NXDOMAIN without a query; raise ValueError only for an unsupported type.
+        """
         if rtype not in SUPPORTED_TYPES:
             raise ValueError(f"unsupported record type {rtype!r}")
-        key = (name.lower().rstrip("."), rtype)
+        key = (name.translate(_ASCII_LOWER).removesuffix("."), rtype)
+        if wire_labels(key[0]) is None:
+            return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
         cached = self._cache_get(key)
         if cached is not None:
             return cached
@@ -160,12 +207,22 @@ class Resolver:
 
     async def _query(self, name: str, rtype: str) -> Lookup:
         self.queries_sent += 1
+        # One bound for the whole query, whichever transport carries it.
         try:
-            result = await asyncio.wait_for(self._resolver.query_dns(name, rtype), self.timeout)
+            return await asyncio.wait_for(self._send(name, rtype), self.timeout)
         except TimeoutError:
             return Lookup(name, rtype, Status.TEMPFAIL, reason="timeout")
+
+    async def _send(self, name: str, rtype: str) -> Lookup:
+        if _C_ARES_NAME.fullmatch(name) is None:
+            return await self._query_dnspython(name, rtype)
+        try:
+            result = await self._resolver.query_dns(name, rtype)
         except aiodns.error.DNSError as exc:
             code = exc.args[0] if exc.args else None
+            if code == pycares.errno.ARES_EBADNAME:
+                # c-ares refused to send a name the DNS can carry: the other transport.
+                return await self._query_dnspython(name, rtype)
             status = _ARES_STATUS.get(code, Status.TEMPFAIL)
             reason = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
             return Lookup(name, rtype, status, reason=reason)
@@ -180,6 +237,45 @@ class Resolver:
             tuple(_record_data(r.data) for r in records),
             ttl=min(r.ttl for r in records),
         )
+
+    async def _query_dnspython(self, name: str, rtype: str) -> Lookup:
+        """The query through dnspython, for a name c-ares will not send."""
+        labels = wire_labels(name)
+        if labels is None:  # lookup() checked; kept so this method stands on its own
+            return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
+        qname = dns.name.Name((*labels, b""))
+        try:
+            resolver = self._dnspython_resolver()  # may read /etc/resolv.conf: can fail
+            answer = await resolver.resolve(qname, rtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            return Lookup(name, rtype, Status.NXDOMAIN, reason="NXDOMAIN")
+        except dns.resolver.NoAnswer:
+            return Lookup(name, rtype, Status.NODATA, reason="no records of that type")
+        except dns.exception.Timeout:
+            return Lookup(name, rtype, Status.TEMPFAIL, reason="timeout")
+        except (dns.exception.DNSException, OSError) as exc:
+            # SERVFAIL, REFUSED, no server answered, no resolver configuration, no route.
+            return Lookup(name, rtype, Status.TEMPFAIL, reason=str(exc) or type(exc).__name__)
+        rrset = answer.rrset
+        if rrset is None or not len(rrset):
+            return Lookup(name, rtype, Status.NODATA, reason="no records of that type")
+        records = tuple(_dnspython_data(rdata) for rdata in rrset)
+        return Lookup(name, rtype, Status.ANSWER, records, ttl=rrset.ttl)
+
+    def _dnspython_resolver(self) -> dns.asyncresolver.Resolver:
+        if self._dnspython is None:
+            # The nameservers given, else the system's (as c-ares does); no cache of its
+            # own (ours serves both transports), the same bound as c-ares per try.
+            resolver = dns.asyncresolver.Resolver(configure=not self._servers)
+            if self._servers:
+                resolver.nameservers = [
+                    dns.nameserver.Do53Nameserver(ns.host, ns.port) for ns in self._servers
+                ]
+            resolver.timeout = self.timeout / self.tries
+            resolver.lifetime = self.timeout
+            resolver.cache = None
+            self._dnspython = resolver
+        return self._dnspython
 
     async def close(self) -> None:
         await self._resolver.close()
@@ -205,6 +301,28 @@ def _record_data(data: object) -> RecordData:
     if isinstance(data, pycares.MXRecordData):
         return (int(data.priority), str(data.exchange).rstrip("."))
     raise TypeError(f"unexpected record data {data!r}")
+
+
+def _dnspython_data(rdata: dns.rdata.Rdata) -> RecordData:
+    """dnspython's record data in the shapes `Lookup` documents."""
+    rtype = rdata.rdtype.name
+    if rtype == "TXT":
+        return b"".join(rdata.strings)  # type: ignore[attr-defined]
+    if rtype in ("A", "AAAA"):
+        return str(rdata.address)  # type: ignore[attr-defined]
+    if rtype in ("PTR", "CNAME"):
+        return _name_text(rdata.target)  # type: ignore[attr-defined]
+    if rtype == "MX":
+        return (int(rdata.preference), _name_text(rdata.exchange))  # type: ignore[attr-defined]
+    raise TypeError(f"unexpected record data {rdata!r}")
+
+
+def _name_text(name: dns.name.Name) -> str:
+    """A name as the labels' text joined by dots (no escapes, no trailing dot), the form
+    `lookup` takes, so a name read from an answer can be asked as it is."""
+    return ".".join(
+        label.decode("utf-8", errors="surrogateescape") for label in name.labels if label
+    )
 
 
 def reverse_name(ip: str) -> str:

@@ -69,7 +69,35 @@ _TEMPFAIL_CODES = {"spf": "4.7.24", "iprev": "4.7.25", "dkim": "4.7.20", "dmarc"
 
 
 def decide(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict:
-    """Apply the `[policy]` switches; the first matching rule decides."""
+    """Apply the `[policy]` switches: a 4xx or 5xx Verdict, or ACCEPT.
+
+    A temporary error is never turned into a permanent refusal: a later attempt might give
+    a final result (RFC 8601 section 2.7.1, RFC 7208 section 2.6.6, RFC 7489 section
+    11.2), so with `tempfail_on_temperror` any temperror gives 451 before any
+    `reject_*` switch is looked at, and the `reject_*` switches act only on final fail
+    results (a verdict built on other results, DMARC's, carries their temperror itself:
+    checks/dmarc.py). Without `tempfail_on_temperror` a temperror is delivered, written in
+    the field.
+    """
+    temporary = _tempfail(results) if config.tempfail_on_temperror else None
+    if temporary is not None:
+        return temporary
+    return _refusal(results, config) or ACCEPT
+
+
+def _tempfail(results: Sequence[MethodResult]) -> Verdict | None:
+    for result in results:
+        if result.value is Value.TEMPERROR:
+            code = _TEMPFAIL_CODES.get(result.method, "4.7.0")
+            return Verdict(
+                Reply.of(451, code, f"{result.method}: temporary DNS error, try again later"),
+                f"{result.method}=temperror",
+            )
+    return None
+
+
+def _refusal(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict | None:
+    """The first `reject_*` switch whose final fail result matches, or None."""
     by_method = {r.method: r for r in results}
     dmarc = by_method.get("dmarc")
     if (
@@ -92,12 +120,4 @@ def decide(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict:
         return Verdict(
             Reply.of(550, "5.7.25", "iprev: reverse DNS of the client does not match"), "iprev=fail"
         )
-    if config.tempfail_on_temperror:
-        for result in results:
-            if result.value is Value.TEMPERROR:
-                code = _TEMPFAIL_CODES.get(result.method, "4.7.0")
-                return Verdict(
-                    Reply.of(451, code, f"{result.method}: temporary DNS error, try again later"),
-                    f"{result.method}=temperror",
-                )
-    return ACCEPT
+    return None

@@ -57,3 +57,63 @@ def test_failures_are_not_cached() -> None:
         await resolver.close()
 
     asyncio.run(go())
+
+
+def test_names_c_ares_refuses_are_asked_through_the_same_cache(dns_server: KnotServer) -> None:
+    """RFC 2181 section 11: a label is any octets; "+" and "=" (RFC 7208 section 7.1) go
+    out through dnspython, to the same server, cached and shared like the others."""
+
+    async def go() -> None:
+        resolver = Resolver([HostPort("127.0.0.1", dns_server.port)], timeout=1.0)
+        plus, again = await asyncio.gather(
+            resolver.lookup("bob+tag._spf.plus.example", "A"),
+            resolver.lookup("BOB+TAG._spf.plus.example.", "A"),
+        )
+        assert (plus.status, plus.records) == (Status.ANSWER, ("127.0.0.2",))
+        assert again == plus
+        srs = await resolver.lookup("srs0=ab12=tt=example.org=bob._spf.plus.example", "A")
+        assert srs.records == ("127.0.0.2",)
+        assert resolver.queries_sent == 2
+        await resolver.lookup("bob+tag._spf.plus.example", "A")
+        assert resolver.queries_sent == 2, "the second answer came from the cache"
+        absent = await resolver.lookup("alice+tag._spf.plus.example", "A")
+        nodata = await resolver.lookup("bob+tag._spf.plus.example", "TXT")
+        failed = await resolver.lookup("a+b.servfail.test", "TXT")
+        assert (absent.status, nodata.status, failed.status) == (
+            Status.NXDOMAIN,
+            Status.NODATA,
+            Status.TEMPFAIL,
+        )
+        await resolver.close()
+
+    asyncio.run(go())
+
+
+def test_names_the_dns_cannot_carry_are_nxdomain_without_a_query(dns_server: KnotServer) -> None:
+    """RFC 1035 section 2.3.4: labels of at most 63 octets, names of at most 255 on the
+    wire (253 in text); an empty label is no name either."""
+
+    async def go() -> None:
+        resolver = Resolver([HostPort("127.0.0.1", dns_server.port)], timeout=1.0)
+        for name in ["x" * 64 + ".test", ("a" * 62 + ".") * 4 + "test", "a..test", ""]:
+            assert (await resolver.lookup(name, "A")).status is Status.NXDOMAIN
+        assert resolver.queries_sent == 0
+        longest = ("x" * 63 + ".") * 3 + "a" * 61  # 3 x 64 + 61 = 253
+        assert len(longest) == 253
+        assert (await resolver.lookup(longest, "A")).reason != "not a name the DNS can carry"
+        assert resolver.queries_sent == 1
+        await resolver.close()
+
+    asyncio.run(go())
+
+
+def test_dnspython_transport_gives_tempfail_when_no_server_answers() -> None:
+    async def go() -> None:
+        server = KnotServer()
+        port = server.port
+        server.close()
+        resolver = Resolver([HostPort("127.0.0.1", port)], timeout=0.5)
+        assert (await resolver.lookup("a+b.sender.test", "A")).status is Status.TEMPFAIL
+        await resolver.close()
+
+    asyncio.run(go())

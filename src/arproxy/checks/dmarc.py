@@ -53,6 +53,8 @@ _WEAKER: dict[Disposition, Disposition] = {
     "none": "none",
 }
 _NULL_SENDERS = frozenset({"<>", ""})
+_NULL_IDENTITIES = frozenset({"mailfrom", "helo"})
+_MAILFROM_IDENTITY = frozenset({"mailfrom"})
 # What the stdlib parser calls defects but is valid syntax: the obsolete forms of RFC 5322
 # section 4 (e.g. "Dr. Alice <...>") and a UTF-8 local-part (RFC 6532, RFC 8616).
 _ACCEPTED_DEFECTS = (email.errors.ObsoleteHeaderDefect, email.errors.NonASCIILocalPartDefect)
@@ -410,16 +412,49 @@ def aligned_spf_domain(ctx: CheckContext, author: str, mode: AlignmentMode) -> s
     section 3.1.2 excludes HELO "except when required to 'fake' an otherwise null
     reverse-path", which is what RFC 7208 section 2.4 does (postmaster@<HELO name>).
     """
-    identities = {"mailfrom", "helo"} if ctx.mail_from in _NULL_SENDERS else {"mailfrom"}
     for result in ctx.prior_of("spf"):
         if (
             isinstance(result, SpfOutcome)
-            and result.identity in identities
+            and result.identity in _spf_identities(ctx)
             and result.value == Value.PASS
             and aligned(result.domain, author, mode)
         ):
             return result.domain
     return None
+
+
+def aligned_temperrors(ctx: CheckContext, author: str, record: DmarcRecord) -> list[str]:
+    """The identities that could have aligned with `author` but ended in temperror, e.g.
+    ``["dkim d=example.com", "spf example.com"]``.
+
+    Section 6.6.2 builds DMARC on the SPF and DKIM results; a temperror one might still
+    pass on a later attempt (RFC 8601 section 2.7.1: "A later attempt may produce a final
+    result"; RFC 7208 section 2.6.6), so without an aligned pass the DMARC result cannot
+    be final either: temperror, which section 11.2 defines as the same ("A later attempt
+    might produce a final result"). Same identities and alignment as the pass checks.
+    """
+    found: list[str] = []
+    for result in ctx.prior_of("dkim"):
+        if (
+            isinstance(result, DkimOutcome)
+            and result.value == Value.TEMPERROR
+            and aligned(result.domain, author, record.adkim)
+        ):
+            found.append(f"dkim d={result.domain}")
+    for result in ctx.prior_of("spf"):
+        if (
+            isinstance(result, SpfOutcome)
+            and result.identity in _spf_identities(ctx)
+            and result.value == Value.TEMPERROR
+            and aligned(result.domain, author, record.aspf)
+        ):
+            found.append(f"spf {result.domain}")
+    return found
+
+
+def _spf_identities(ctx: CheckContext) -> frozenset[str]:
+    """Section 3.1.2: MAIL FROM; HELO only when it stands in for the null sender."""
+    return _NULL_IDENTITIES if ctx.mail_from in _NULL_SENDERS else _MAILFROM_IDENTITY
 
 
 def sampled(requested: Disposition, pct: int | None, draw: Callable[[], float]) -> Disposition:
@@ -433,7 +468,13 @@ def sampled(requested: Disposition, pct: int | None, draw: Callable[[], float]) 
 async def evaluate(
     ctx: CheckContext, dns: Resolver, author: str, draw: Callable[[], float]
 ) -> DmarcResult:
-    """The DMARC result for one author domain."""
+    """The DMARC result for one author domain (section 6.6.2).
+
+    pass: an aligned identity passed. temperror: the policy lookup failed temporarily, or
+    no aligned identity passed and one that could have aligned ended in temperror (a
+    retry may pass it); such a result carries no disposition. fail: no aligned pass, with
+    the domain's policy after pct= sampling (section 6.6.4).
+    """
     try:
         found = await discover_policy(author, dns)
     except PolicyTempError as exc:
@@ -444,8 +485,12 @@ async def evaluate(
         return DmarcResult(Value.NONE, author, reason="no single DMARC policy record")
     record, requested = found.record, found.requested()
     via = _aligned_pass(ctx, author, record)
+    pending = aligned_temperrors(ctx, author, record) if via is None else []
     if via is not None:
         value, policy, reason = Value.PASS, requested, via
+    elif pending:
+        value, policy = Value.TEMPERROR, None
+        reason = f"no aligned pass; temperror of {', '.join(pending)}"
     else:
         value, policy = Value.FAIL, sampled(requested, record.pct, draw)
         reason = f"no aligned pass; policy of {found.domain}"
@@ -466,15 +511,31 @@ def _aligned_pass(ctx: CheckContext, author: str, record: DmarcRecord) -> str | 
 
 def strictest(results: Sequence[DmarcResult]) -> DmarcResult:
     """One result for a From field of several domains (section 6.6.1): the failing one
-    with the strictest policy; else an error, which might hide a failure; else a pass."""
+    with the strictest policy, unless a temperror might hide a stricter failure (then the
+    temperror, so the message is tried again rather than judged by the weaker policy);
+    else an error, which might hide a failure; else a pass."""
     failing = [r for r in results if r.value is Value.FAIL]
     if failing:
-        return max(failing, key=lambda r: _SEVERITY[r.policy or "none"])
+        worst = max(failing, key=lambda r: _SEVERITY[r.policy or "none"])
+        for result in results:
+            if result.value is Value.TEMPERROR and _SEVERITY[_possible_policy(result)] > (
+                _SEVERITY[worst.policy or "none"]
+            ):
+                return result
+        return worst
     for value in (Value.TEMPERROR, Value.PERMERROR, Value.PASS):
         for result in results:
             if result.value is value:
                 return result
     return results[0]
+
+
+def _possible_policy(result: DmarcResult) -> Disposition:
+    """The strictest disposition a temperror could turn into on a later attempt: the
+    stricter of its record's p= and sp=, or reject when the record itself is unknown."""
+    if result.p is None:
+        return "reject"
+    return max((result.p, result.sp or result.p), key=_SEVERITY.__getitem__)
 
 
 async def check(

@@ -24,9 +24,25 @@ is included"), decided by `reported`:
   the HELO result, written as `smtp.helo`.
 
 `policy` (RFC 8601 section 2.7.2: SPF authorized the client, but local policy finds the result
-unacceptable) is our local rule for a pass that only the `all` mechanism gave (`+all`, or a
-record whose every term is `all`): such a record authorizes every host on the Internet, so the
-pass says nothing about the sender, and DMARC must not align on it.
+unacceptable) is our local rule for a pass whose deciding mechanism, in the sender domain's own
+record, is `all` (`+all`, `all`, `+ALL`): such a record authorizes every host on the Internet,
+so the pass says nothing about the sender, and DMARC must not align on it. Only the top-level
+record's matching mechanism is looked at, so the rule also fires for `include:other all`
+when the include did not match (the client was authorized by `all`, not by the include);
+a pass by an `include:` that matched (even through the included record's own `+all`), or by
+any other mechanism before `all`, stays a pass.
+
+Names built by macros (section 7.3) may hold any visible character (section 7.1: `bob+tag`,
+SRS `SRS0=...`, `foo:bar`): the resolver sends them all (dns.py), so they are asked like any
+other name. A name no DNS can carry (a label over 63 octets, a name over 253) is not asked
+and counts as a void lookup (section 4.6.4), as the NXDOMAIN it would be: `_Query.dns`
+(pyspf alone returns no records without counting it). pyspf shortens a macro expansion
+over 253 octets from the left, as section 7.3 says, before that.
+
+The `ptr` mechanism and the %{p} macro (sections 5.5, 7.3): a DNS error on the PTR lookup
+makes the mechanism not match, and one on the A/AAAA lookup of one PTR name skips that name
+and the search goes on; pyspf raises temperror for both, so `_Query.validated_ptrs` (a
+method pyspf calls for both uses) catches the error of each lookup.
 """
 
 from __future__ import annotations
@@ -45,7 +61,7 @@ import spf
 
 from arproxy.authres import Property, ResInfo
 from arproxy.checks.base import Check, CheckContext, Stage, Value
-from arproxy.dns import Lookup, Resolver, Status
+from arproxy.dns import Lookup, Resolver, Status, wire_labels
 
 log = logging.getLogger("arproxy.checks.spf")
 
@@ -77,8 +93,6 @@ _RESULT_VALUES = {
 # A host name label (RFC 1123 section 2.1 LDH), compared lower-cased.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 MAX_DOMAIN_LENGTH = 253  # 255 octets on the wire, less the length octet and the root
-# The names our resolver (c-ares) can put in a query; it refuses most other characters.
-_QUERYABLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 _QUERY_TYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT"})
 
 _COMMENTS = {
@@ -94,6 +108,14 @@ _COMMENTS = {
 
 class UnexpectedSpfResult(RuntimeError):
     """pyspf returned a result that RFC 7208 section 2.6 does not define."""
+
+
+class CheckAborted(spf.TempError):  # type: ignore[misc]
+    """The evaluation was cancelled, lost its event loop, or spent its time budget
+    (section 4.6.4): no further lookup can be answered.
+
+    Not a DNS error about one name, so the ptr mechanism never skips past it.
+    """
 
 
 @dataclass(frozen=True)
@@ -352,8 +374,11 @@ async def _evaluate(dns: Resolver, request: SpfRequest, query_time: float) -> tu
 
 
 def _authorizes_every_host(mechanism: str) -> bool:
-    """The matching mechanism (pyspf's, as written) is `all` or `+all`, in any case
-    (RFC 7208 section 4.6.1: mechanism names are case-insensitive)."""
+    """The mechanism that matched in the sender domain's own record (pyspf's, as written)
+    is `all` or `+all`, in any case (RFC 7208 section 4.6.1: mechanism names are
+    case-insensitive). Only the top-level record counts: `include:x all` whose include did
+    not match is a pass by `all` (the rule fires); an include that matched, even through
+    the included record's own `+all`, is reported by pyspf as the include (it does not)."""
     return mechanism.lower().removeprefix("+") == "all"
 
 
@@ -375,7 +400,7 @@ def evaluate_blocking(
     """
     _thread_state.bridge = bridge
     try:
-        query = spf.query(
+        query = _Query(
             i=request.ip, s=request.sender, h=request.helo, strict=True, querytime=query_time
         )
         # pyspf splits <sender> at its first "@", wrong for a quoted local-part holding one;
@@ -385,6 +410,57 @@ def evaluate_blocking(
     finally:
         _thread_state.bridge = None
     return str(outcome), str(explanation), str(query.mechanism or "")
+
+
+class _Query(spf.query):  # type: ignore[misc]
+    """pyspf's query, with the DNS errors of the ptr mechanism handled as section 5.5 says
+    and names no DNS can carry counted as void lookups.
+
+    pyspf (2.0.x) calls `validated_ptrs` for the `ptr` mechanism and for %{p}; its own lets
+    a TempError of any lookup end the whole evaluation as temperror. Every lookup goes
+    through `dns`. Tests (test_ptr_hook_is_called, test_names_no_dns_can_carry_are_void)
+    fail if pyspf stops calling these methods; pyproject pins pyspf below 2.1 for that
+    reason.
+    """
+
+    def dns(
+        self, name: str, qtype: str, cnames: object = None, ignore_void: bool = False
+    ) -> list[object]:
+        """pyspf's cached lookup; a name no DNS can carry is a void lookup (section 4.6.4).
+
+        Raise spf.PermError past the void lookup limit, spf.TempError on DNS failure.
+        """
+        if name and wire_labels(str(name).removesuffix(".")) is None:
+            if not ignore_void:
+                self.void_lookups += 1
+                if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                    raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+            return []
+        records: list[object] = super().dns(name, qtype, cnames, ignore_void)
+        return records
+
+    def validated_ptrs(self) -> list[str]:
+        """The client's PTR names (at most 10, section 4.6.4) whose A/AAAA records hold
+        the client address (section 5.5), each name's DNS error skipping that name."""
+        try:
+            names: list[str] = self.dns_ptr(self.i)
+        except CheckAborted:
+            raise
+        except spf.TempError:
+            if self.querytime < 0:
+                raise  # the evaluation's time is spent: temperror (section 4.6.4)
+            return []  # section 5.5: "this mechanism fails to match"
+        return [name for name in names[: spf.MAX_PTR] if self._maps_back(name)]
+
+    def _maps_back(self, name: str) -> bool:
+        try:
+            return bool(self.cidrmatch(self.dns_a(name, self.A), self.cidrmax))
+        except CheckAborted:
+            raise
+        except spf.TempError:
+            if self.querytime < 0:
+                raise
+            return False  # section 5.5: "that domain name is skipped and the search continues"
 
 
 # pyspf's record data (DNSLookup_dnspython): TXT a list of bytes strings, A/AAAA/PTR text,
@@ -417,20 +493,20 @@ class DnsBridge:
         """pyspf's DNSLookup: records, [] for a void lookup; spf.TempError when DNS failed."""
         if qtype not in _QUERY_TYPES:
             return []  # type SPF (99), retired by RFC 7208 section 3.1; pyspf asks only if harsh
-        if len(name) > MAX_DOMAIN_LENGTH or _QUERYABLE_NAME.fullmatch(name) is None:
-            # Macros (section 7.3) build names from the client's local-part ("a+tag") that
-            # c-ares refuses to send, which our resolver reports as a temporary failure: the
-            # message would get temperror on every retry. Such a name is taken as one that
-            # does not exist instead (a void lookup, counted against the limit of 2).
-            return []
+        # Any name, whatever its characters (section 7.1): the resolver sends what the DNS
+        # can carry and answers NXDOMAIN (a void lookup, section 4.6.4) for what it cannot.
         future = self._submit(name, qtype)
         try:
             found = future.result(max(0.0, min(timeout, self.lookup_timeout)))
         except TimeoutError:
             self._cancel_future(future)
+            if timeout < self.lookup_timeout:
+                # pyspf gives the rest of its query time when that is the shorter bound:
+                # the evaluation is out of time, not just this name out of answers.
+                raise CheckAborted(f"DNS {qtype} {name}: query time spent") from None
             raise spf.TempError(f"DNS {qtype} {name}: no answer in time") from None
         except concurrent.futures.CancelledError:
-            raise spf.TempError(f"DNS {qtype} {name}: check cancelled") from None
+            raise CheckAborted(f"DNS {qtype} {name}: check cancelled") from None
         finally:
             with self._lock:
                 self._pending = None
@@ -439,13 +515,13 @@ class DnsBridge:
     def _submit(self, name: str, qtype: str) -> concurrent.futures.Future[Lookup]:
         with self._lock:
             if self._cancelled:
-                raise spf.TempError("check cancelled")
+                raise CheckAborted("check cancelled")
             coroutine = self.resolver.lookup(name, qtype)
             try:
                 future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
             except RuntimeError:  # the loop is closed: nobody waits for this result any more
                 coroutine.close()
-                raise spf.TempError("event loop closed") from None
+                raise CheckAborted("event loop closed") from None
             self._pending = future
         return future
 

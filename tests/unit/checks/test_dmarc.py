@@ -7,11 +7,13 @@ own protocols, never through checks/spf.py or checks/dkim.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arproxy.authres import AuthenticationResults, ResInfo, format_field, parse
@@ -136,12 +138,12 @@ DKIM_PASS_ORG = Dkim(Value.PASS, "dmarc-reject.test")
         ),
         # A shared public suffix is not an organizational domain.
         ("a@dmarc-reject.test", [Dkim(Value.PASS, "test")], Value.FAIL, "reject"),
-        # Aligned results that did not pass: fail.
+        # Aligned results that did not pass, none temporary: fail.
         (
             "a@dmarc-reject.test",
             [
                 Dkim(Value.FAIL, "dmarc-reject.test"),
-                Dkim(Value.TEMPERROR, "dmarc-reject.test"),
+                Dkim(Value.PERMERROR, "dmarc-reject.test"),
                 Spf(Value.SOFTFAIL, "mailfrom", "dmarc-reject.test"),
             ],
             Value.FAIL,
@@ -165,6 +167,86 @@ def test_relaxed_alignment(
 ) -> None:
     result = run_dmarc(dns_server.port, author, *prior)
     assert (result.value, result.policy) == (value, policy)
+
+
+SPF_TEMP = Spf(Value.TEMPERROR, "mailfrom", "tempfail.example")
+DKIM_TEMP = Dkim(Value.TEMPERROR, "dmarc-reject.test")
+
+
+@pytest.mark.parametrize(
+    ("prior", "mail_from", "value"),
+    [
+        # The issue's outage: SPF of an unrelated MAIL FROM and the aligned signature's key
+        # both temperror. The signature might pass on a retry: temperror, no disposition
+        # (RFC 7489 sections 6.6.2 and 11.2; RFC 8601 section 2.7.1).
+        ((SPF_TEMP, DKIM_TEMP), "user@tempfail.example", Value.TEMPERROR),
+        ((DKIM_TEMP,), "someone@elsewhere.test", Value.TEMPERROR),
+        # An aligned SPF identity in temperror, relaxed alignment (section 3.1.2).
+        (
+            (Spf(Value.TEMPERROR, "mailfrom", "bounce.dmarc-reject.test"),),
+            "x@bounce.dmarc-reject.test",
+            Value.TEMPERROR,
+        ),
+        # The HELO identity stands in for the null sender only (section 3.1.2).
+        ((Spf(Value.TEMPERROR, "helo", "mx.dmarc-reject.test"),), "<>", Value.TEMPERROR),
+        ((Spf(Value.TEMPERROR, "helo", "mx.dmarc-reject.test"),), "a@x.test", Value.FAIL),
+        # Temperrors that could never align: the fail is final.
+        ((SPF_TEMP, Dkim(Value.TEMPERROR, "sender.test")), "user@tempfail.example", Value.FAIL),
+        ((Dkim(Value.TEMPERROR, None),), "someone@elsewhere.test", Value.FAIL),
+        # An aligned pass is final whatever else is temporary.
+        ((DKIM_TEMP, DKIM_PASS_ORG), "someone@elsewhere.test", Value.PASS),
+    ],
+)
+def test_an_aligned_identity_in_temperror_makes_dmarc_temperror(
+    dns_server: KnotServer, prior: tuple[MethodResult, ...], mail_from: str, value: Value
+) -> None:
+    result = run_dmarc(dns_server.port, "user@dmarc-reject.test", *prior, mail_from=mail_from)
+    assert result.value is value
+    if value is Value.TEMPERROR:
+        assert result.policy is None  # no disposition for a result that is not final
+        written = properties(parsed_back(result))
+        assert written == {"header.from": "dmarc-reject.test"}
+        assert "dis=" not in field_of(result)
+    if value is Value.FAIL:
+        assert result.policy == "reject"
+
+
+_VALUES = [Value.PASS, Value.FAIL, Value.SOFTFAIL, Value.NONE, Value.PERMERROR, Value.TEMPERROR]
+_DOMAINS = ["dmarc-reject.test", "mail.dmarc-reject.test", "sender.test"]
+_PRIOR = st.one_of(
+    st.builds(
+        Spf,
+        st.sampled_from(_VALUES),
+        st.sampled_from(["mailfrom", "helo"]),
+        st.sampled_from(_DOMAINS),
+    ),
+    st.builds(Dkim, st.sampled_from(_VALUES), st.sampled_from([*_DOMAINS, None])),
+)
+
+
+def _resolved(prior: list[MethodResult], value: Value) -> list[MethodResult]:
+    """`prior` with every temperror replaced by `value`: one outcome of a later attempt."""
+    return [
+        dataclasses.replace(r, value=value) if r.value is Value.TEMPERROR else r  # type: ignore[type-var]
+        for r in prior
+    ]
+
+
+@settings(max_examples=60)
+@given(prior=st.lists(_PRIOR, max_size=4), mail_from=st.sampled_from(["<>", "a@x.test"]))
+def test_a_fail_is_final_and_a_temperror_is_not(
+    dns_server: KnotServer, prior: list[MethodResult], mail_from: str
+) -> None:
+    """RFC 7489 section 11.2: fail is final, temperror means a later attempt might give a
+    final result. So a fail stays a fail whatever the temperrors turn into, and a
+    temperror becomes a pass if they all pass (and a fail if they all fail)."""
+    run = functools.partial(run_dmarc, dns_server.port, "a@dmarc-reject.test", mail_from=mail_from)
+    result = run(*prior)
+    if result.value is Value.FAIL:
+        assert run(*_resolved(prior, Value.PASS)).value is Value.FAIL
+    if result.value is Value.TEMPERROR:
+        assert run(*_resolved(prior, Value.PASS)).value is Value.PASS
+        assert run(*_resolved(prior, Value.FAIL)).value is Value.FAIL
 
 
 @pytest.mark.parametrize("mail_from", ["<>", ""])
@@ -457,6 +539,24 @@ def test_several_author_domains_apply_the_strictest_failing_policy(
 ) -> None:
     result = run_dmarc(dns_server.port, "a@dmarc-none.test, b@dmarc-reject.test", *prior)
     assert (result.value, result.from_domain, result.policy) == (value, from_domain, policy)
+
+
+def test_a_temperror_that_may_hide_a_stricter_failure_wins_over_a_weaker_fail(
+    dns_server: KnotServer,
+) -> None:
+    """Section 6.6.1, several author domains: dmarc-none.test fails under p=none, but
+    dmarc-reject.test (p=reject) is temperror because its aligned signature is; judging
+    the message by the weaker policy would hide what a retry may show."""
+    result = run_dmarc(dns_server.port, "a@dmarc-none.test, b@dmarc-reject.test", DKIM_TEMP)
+    assert (result.value, result.from_domain) == (Value.TEMPERROR, "dmarc-reject.test")
+    # A failure under the strictest policy already is final.
+    none_temp = Dkim(Value.TEMPERROR, "dmarc-none.test")
+    result = run_dmarc(dns_server.port, "a@dmarc-none.test, b@dmarc-reject.test", none_temp)
+    assert (result.value, result.from_domain, result.policy) == (
+        Value.FAIL,
+        "dmarc-reject.test",
+        "reject",
+    )
 
 
 def test_an_unchecked_author_domain_is_not_a_pass(dns_server: KnotServer) -> None:

@@ -162,7 +162,7 @@ def test_every_kind_of_answer_reaches_pyspf(
     [
         (STRANGER, "bob@bylocalpart.spf-results.test", Value.PASS),
         (STRANGER, "alice@bylocalpart.spf-results.test", Value.FAIL),
-        # c-ares cannot ask for "alice+tag.users...": a void lookup, not a temperror.
+        # "alice+tag.users..." is asked (NXDOMAIN: a void lookup), then ip4 matches.
         (GOOD, "alice+tag@bylocalpart.spf-results.test", Value.PASS),
         # pyspf alone would split this sender at its first "@".
         (GOOD, '"b@d"@bylocalpart.spf-results.test', Value.PASS),
@@ -171,6 +171,104 @@ def test_every_kind_of_answer_reaches_pyspf(
 )
 def test_local_part_macro(dns_server: KnotServer, ip: str, sender: str, value: Value) -> None:
     assert one_value(dns_server.port, ip, sender) is value
+
+
+@pytest.mark.parametrize(
+    ("sender", "value"),
+    [
+        ("bob@plus.example", Value.PASS),
+        # RFC 7208 sections 7.1 and 7.3: %{l} is the local-part as it is, "+" and "=" too;
+        # the names are asked and exist, so sub-addressed and SRS senders pass.
+        ("bob+tag@plus.example", Value.PASS),
+        ("SRS0=ab12=tt=example.org=bob@plus.example", Value.PASS),
+        ("alice+tag@plus.example", Value.FAIL),  # asked, NXDOMAIN: exists does not match
+    ],
+)
+def test_names_with_any_visible_character_are_asked(
+    dns_server: KnotServer, sender: str, value: Value
+) -> None:
+    async def go() -> tuple[SpfResult, list[str]]:
+        resolver = SlowResolver(dns_server.port, delay=0.0)
+        ctx = CheckContext(client_ip=STRANGER, helo="mail.sender.test", mail_from=sender)
+        try:
+            (result,) = await check_mailfrom(ctx, resolver)
+        finally:
+            await resolver.close()
+        return result, resolver.asked
+
+    result, asked = asyncio.run(go())
+    assert result.value is value
+    local_part = sender.rpartition("@")[0]
+    assert f"{local_part.lower()}._spf.plus.example/A" in asked  # pyspf lower-cases names
+
+
+@pytest.mark.parametrize(
+    ("ip", "sender", "value"),
+    [
+        # RFC 7208 section 5.5: a DNS error on the A lookup of one PTR name skips that name.
+        ("127.0.0.10", "a@ptrskip.spf-results.test", Value.PASS),
+        ("127.0.0.5", "a@ptrskip.spf-results.test", Value.FAIL),
+        # ... and one on the PTR lookup makes the mechanism not match (no reverse zone:
+        # the server refuses, a temporary error).
+        ("192.0.2.1", "a@ptrskip.spf-results.test", Value.FAIL),
+        # Section 7.3 %{p}: the validated name, or "unknown" when there is none.
+        ("127.0.0.10", "a@pmacro.spf-results.test", Value.PASS),
+        ("127.0.0.5", "a@pmacro.spf-results.test", Value.FAIL),
+    ],
+)
+def test_ptr_dns_errors_skip_the_name(
+    dns_server: KnotServer, ip: str, sender: str, value: Value
+) -> None:
+    assert one_value(dns_server.port, ip, sender) is value
+
+
+@pytest.mark.parametrize(
+    ("sender", "value"),
+    [
+        # RFC 7208 section 4.6.4: a %{l} label of 64 octets cannot exist, like an NXDOMAIN.
+        ("x" * 64 + "@longvoids2.spf-limits.test", Value.PASS),  # two voids, then ip4
+        ("x" * 64 + "@longvoids3.spf-limits.test", Value.PERMERROR),  # three: over the limit
+        ("x" * 63 + "@longvoids3.spf-limits.test", Value.PERMERROR),  # asked, NXDOMAIN x 3
+        ("bob@longvoids3.spf-limits.test", Value.PERMERROR),
+    ],
+)
+def test_names_no_dns_can_carry_are_void(dns_server: KnotServer, sender: str, value: Value) -> None:
+    assert "dns" in vars(spf.query)  # the pyspf method our override replaces
+    assert one_value(dns_server.port, GOOD, sender) is value
+
+
+def test_ptr_hook_is_called(dns_server: KnotServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyspf must call `validated_ptrs` for ptr (our override of it is the section 5.5 fix);
+    if a pyspf release stops doing so, this fails."""
+    calls: list[str] = []
+    original = spf_check._Query.validated_ptrs
+
+    def counting(self: Any) -> list[str]:
+        calls.append(self.i)
+        result: list[str] = original(self)
+        return result
+
+    assert "validated_ptrs" in vars(spf.query)
+    monkeypatch.setattr(spf_check._Query, "validated_ptrs", counting)
+    assert one_value(dns_server.port, "127.0.0.10", "a@ptrskip.spf-results.test") is Value.PASS
+    assert calls == ["127.0.0.10"]
+
+
+def test_budget_spent_during_ptr_is_still_temperror(dns_server: KnotServer) -> None:
+    """The skip is for a DNS error about one name, not for the evaluation's time limit
+    (section 4.6.4): with the budget gone the result stays temperror."""
+
+    async def go() -> str:
+        resolver = SlowResolver(dns_server.port, delay=0.2)
+        bridge = DnsBridge(asyncio.get_running_loop(), resolver, lookup_timeout=2.0)
+        request = SpfRequest("127.0.0.10", "a", "ptrskip.spf-results.test", "mail.sender.test")
+        try:
+            outcome, _, _ = await asyncio.to_thread(evaluate_blocking, bridge, request, 0.3)
+        finally:
+            await resolver.close()
+        return outcome
+
+    assert asyncio.run(go()) == "temperror"
 
 
 @pytest.mark.parametrize(
@@ -643,6 +741,8 @@ def test_identity_domain(text: str, domain: str | None) -> None:
         ("a@bareall.spf-policy.test", Value.POLICY),
         ("a@upperall.spf-policy.test", Value.POLICY),
         ("a@ipandall.spf-policy.test", Value.PASS),
+        ("a@includeall.spf-policy.test", Value.POLICY),
+        ("a@includeplus.spf-policy.test", Value.PASS),
     ],
 )
 def test_a_pass_by_all_alone_is_policy(dns_server: KnotServer, sender: str, value: Value) -> None:
