@@ -18,7 +18,7 @@ from arproxy import __version__
 from arproxy.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from arproxy.probe import Phase, ProbeOptions, ProbeResult
+    from arproxy.client import Phase, ProbeOptions, ProbeResult
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -225,7 +225,7 @@ def _check_message(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from arproxy.probe import describe  # noqa: PLC0415
+    from arproxy.client import describe  # noqa: PLC0415
 
     result = _run_probe(args, args.target)
     if args.json:
@@ -238,11 +238,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from arproxy.authres.trusted import (  # noqa: PLC0415
-        result_as_dict,
-        result_as_text,
-        trusted_results,
-    )
+    from arproxy.client import result_as_dict, result_as_text, trusted_results  # noqa: PLC0415
 
     authserv_id = args.trust if args.trust is not None else _probed_id(args)
     if authserv_id is None:
@@ -266,7 +262,7 @@ def _results(args: argparse.Namespace) -> int:
 
 def _probed_id(args: argparse.Namespace) -> str | None:
     """The authserv-id ``--probe`` learns, or None after saying why there is none."""
-    from arproxy.probe import describe  # noqa: PLC0415
+    from arproxy.client import describe  # noqa: PLC0415
 
     result = _run_probe(args, args.probe)
     if result.error is not None:
@@ -279,7 +275,13 @@ def _probed_id(args: argparse.Namespace) -> str | None:
 
 def _run_probe(args: argparse.Namespace, target: str) -> ProbeResult:
     """Probe ``target`` as the options say; a failure is said on stderr and returned."""
-    from arproxy.probe import ProbeError, ProbeResult, default_port, parse_target, probe  # noqa: PLC0415
+    from arproxy.client import (  # noqa: PLC0415
+        ProbeError,
+        ProbeResult,
+        default_port,
+        parse_target,
+        probe,
+    )
 
     phase: Phase = "pre-auth" if args.user is None else "post-auth"
     host, port = target, 0
@@ -298,7 +300,7 @@ def _run_probe(args: argparse.Namespace, target: str) -> ProbeResult:
 
 
 def _probe_options(args: argparse.Namespace) -> ProbeOptions:
-    from arproxy.probe import Credentials, ProbeOptions  # noqa: PLC0415
+    from arproxy.client import Credentials, ProbeOptions  # noqa: PLC0415
 
     credentials = None if args.user is None else Credentials(args.user, _password(args))
     return ProbeOptions(args.security, credentials, args.cafile, args.insecure, args.timeout)

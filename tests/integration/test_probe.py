@@ -1,4 +1,4 @@
-"""`arproxy probe` and arproxy.probe against real servers: arproxy itself, Postfix's
+"""`arproxy probe` and arproxy.client against real servers: arproxy itself, Postfix's
 smtp-sink (no AUTHSERV) and Dovecot from Debian with and without the deploy/dovecot recipe.
 
 Exit codes and printed lines are checked through the command, as a user runs it; the TLS and
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from arproxy.probe import (
+from arproxy.client import (
     Credentials,
     ProbeLoginError,
     ProbeOptions,

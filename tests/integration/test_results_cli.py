@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from arproxy.authres import parse, trusted_results
+from arproxy.authres import parse
+from arproxy.client import trusted_results
 
 from .conftest import MakeArproxy
 from .peers import SmtpSink

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arproxy.authres import trusted_results
 from arproxy.checks.dkim import dkimpy_message
 from arproxy.checks.dmarc import AuthorError, author_domains
+from arproxy.client import trusted_results
 from arproxy.header import Header, read_header
 from arproxy.intake import (
     LEADING_CONTINUATION_REFUSED,

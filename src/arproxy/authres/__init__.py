@@ -8,7 +8,6 @@ from .ids import authserv_id_matches, normalize_authserv_id
 from .lenient import recover_authserv_id
 from .model import AuthenticationResults, Property, ResInfo
 from .parser import parse
-from .trusted import trusted_results
 
 __all__ = [
     "AuthResSyntaxError",
@@ -21,6 +20,5 @@ __all__ = [
     "normalize_authserv_id",
     "parse",
     "recover_authserv_id",
-    "trusted_results",
     "with_a_labels",
 ]

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from arproxy.probe import (
+from arproxy.client import (
     Authserv,
-    Credentials,
-    ProbeOptions,
     ProbeProtocolError,
-    ProbeResult,
-    default_port,
-    describe,
     parse_ehlo_keywords,
     parse_imap_capabilities,
     parse_pop3_capa,
-    parse_target,
 )
 
 # The draft's appendix B examples, as the lines a client library hands over.
@@ -134,53 +128,3 @@ def test_pop3_knows_only_the_space_form() -> None:
     assert parse_pop3_capa(["AUTHSERV=example.com"]) == Authserv(False, None)
     with pytest.raises(ProbeProtocolError):
         parse_pop3_capa(["AUTHSERV example.com example.net"])
-
-
-@pytest.mark.parametrize(
-    ("target", "expected"),
-    [
-        ("mail.example.com", ("mail.example.com", None)),
-        ("mail.example.com:587", ("mail.example.com", 587)),
-        ("127.0.0.1:2525", ("127.0.0.1", 2525)),
-        ("[2001:db8::25]:25", ("2001:db8::25", 25)),
-        ("[::1]", ("::1", None)),
-        ("::1", ("::1", None)),
-    ],
-)
-def test_targets(target: str, expected: tuple[str, int | None]) -> None:
-    assert parse_target(target) == expected
-
-
-@pytest.mark.parametrize("target", ["host:", "host:smtp", "host:0", "host:65536", "[::1", "[::1]x"])
-def test_bad_targets(target: str) -> None:
-    with pytest.raises(ValueError, match=r"port|\[address\]"):
-        parse_target(target)
-
-
-def test_default_ports() -> None:
-    assert [default_port("smtp", s) for s in ("plain", "starttls", "tls")] == [25, 25, 465]
-    assert [default_port("imap", s) for s in ("plain", "starttls", "tls")] == [143, 143, 993]
-    assert [default_port("pop3", s) for s in ("plain", "starttls", "tls")] == [110, 110, 995]
-
-
-def test_credentials_cannot_smuggle_commands() -> None:
-    with pytest.raises(ValueError, match="CR, LF or NUL"):
-        Credentials("alice", "secret\r\nDELE 1")
-    assert "secret" not in repr(Credentials("alice", "secret"))
-
-
-def test_descriptions_say_what_was_promised() -> None:
-    def result(advertised: bool, authserv_id: str | None) -> ProbeResult:
-        return ProbeResult("imap", "mx.example.com", 143, advertised, authserv_id, "pre-auth", ())
-
-    assert describe(result(True, "example.com")) == (
-        "mx.example.com:143 (imap, pre-auth): AUTHSERV, authserv-id example.com"
-    )
-    assert "after login (--user)" in describe(result(True, None))
-    assert "no AUTHSERV" in describe(result(False, None))
-
-
-@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan")])
-def test_timeout_must_be_positive(timeout: float) -> None:
-    with pytest.raises(ValueError, match="positive"):
-        ProbeOptions(timeout=timeout)

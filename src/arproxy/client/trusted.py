@@ -4,23 +4,25 @@ Behind a border that strips forged fields (arproxy, which promises so with AUTHS
 carrying the border's authserv-id was written by the border. ``trusted_results`` returns the
 results of exactly those fields: top-level Authentication-Results fields as ``arproxy.header``
 reads them (the reader the rewrite uses too), whose id equals the trusted one under the
-rewrite's comparison, of version 1 (or none). A field of another version is ignored (RFC 8601
-section 2.2), and so is a field that the strict parser refuses: the border never writes one,
-so it is not the border's.
+rewrite's comparison (``arproxy.authres.authserv_id_matches``), of version 1 (or none). A field
+of another version is ignored (RFC 8601 section 2.2), and so is a field that the strict parser
+refuses: the border never writes one, so it is not the border's.
 
 The trusted id is one exact id: the ``.example.com`` subdomain form of
 ``headers.trusted_authserv_ids`` widens what the border removes, which is safe; on the
 reading side it would widen what is believed, which is not.
 """
 
-import json
+from __future__ import annotations
 
-from ..header import Field, read_header
-from .chars import is_token_char
-from .errors import AuthResSyntaxError
-from .ids import authserv_id_matches, normalize_authserv_id
-from .model import ResInfo
-from .parser import parse
+from arproxy.authres import (
+    AuthResSyntaxError,
+    ResInfo,
+    authserv_id_matches,
+    normalize_authserv_id,
+    parse,
+)
+from arproxy.header import Field, read_header
 
 _VERSION_1 = "1"
 _SUBDOMAIN_MARK = "."
@@ -46,42 +48,6 @@ def trusted_results(message: bytes, authserv_id: str) -> tuple[ResInfo, ...]:
     return tuple(results)
 
 
-def is_plain_authserv_id(text: str) -> bool:
-    """Whether ``text`` is an authserv-id as a capability carries it: an RFC 2045 token.
-
-    Exactly the ids a field can carry unquoted, so exactly what the comparison can match.
-    """
-    return bool(text) and all(is_token_char(char) for char in text)
-
-
-def result_as_dict(res: ResInfo) -> dict[str, object]:
-    """A JSON-ready form: method, method_version, result, reason, properties."""
-    return {
-        "method": res.method,
-        "method_version": res.method_version,
-        "result": res.result,
-        "reason": res.reason,
-        "properties": [
-            {"ptype": prop.ptype, "property": prop.name, "value": prop.value}
-            for prop in res.properties
-        ],
-    }
-
-
-def result_as_text(res: ResInfo) -> str:
-    """One line, ``method=result reason="..." ptype.property=value``.
-
-    A value that is not a plain token is written as a JSON string, so control characters and
-    non-ASCII text from the message reach a terminal escaped.
-    """
-    method = res.method if res.method_version is None else f"{res.method}/{res.method_version}"
-    words = [f"{method}={res.result}"]
-    if res.reason is not None:
-        words.append(f"reason={_printable(res.reason)}")
-    words.extend(f"{prop.ptype}.{prop.name}={_printable(prop.value)}" for prop in res.properties)
-    return " ".join(words)
-
-
 def _check_trusted_id(authserv_id: str) -> None:
     if not normalize_authserv_id(authserv_id):
         raise ValueError("the trusted authserv-id is empty")
@@ -100,9 +66,3 @@ def _crlf_value(field: Field) -> bytes:
     """The field's value with every line end as CRLF: the reader also ends lines at a bare
     CR or LF, the strict parser knows only CRLF folds."""
     return field.with_crlf()[field.colon + 1 :]
-
-
-def _printable(value: str) -> str:
-    if value and all(is_token_char(char) or char in "@" for char in value):
-        return value
-    return json.dumps(value)

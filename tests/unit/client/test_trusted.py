@@ -8,17 +8,15 @@ Decisions: the trusted id is exact (no ".example.com" subdomain pattern); a fiel
 not parse strictly is ignored; version "01" is version 1, any other version is ignored.
 """
 
-import json
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arproxy.authres import Property, ResInfo, parse, trusted_results
-from arproxy.authres.trusted import result_as_dict, result_as_text
+from arproxy.authres import Property, ResInfo
+from arproxy.client import trusted_results
 from arproxy.rewrite import ForgeryPolicy, rewrite_header
 
-from .test_rewrite import FORGED, KEPT
+from ..test_rewrite import FORGED, KEPT
 
 OUR_ID = "example.com"
 BORDER = ForgeryPolicy(own_ids=(OUR_ID, ".trusted.example"))
@@ -146,31 +144,3 @@ def test_behind_the_border_only_our_field_is_trusted(fields: list[bytes], bare_l
 @given(st.binary(max_size=300))
 def test_never_raises_on_any_bytes(data: bytes) -> None:
     assert isinstance(trusted_results(data, OUR_ID), tuple)
-
-
-def test_json_form_of_a_result() -> None:
-    (res,) = parse(
-        'example.com; dkim/1=fail reason="bad signature" header.d=sender.test header.i=@sender.test'
-    ).results
-    assert json.loads(json.dumps(result_as_dict(res))) == {
-        "method": "dkim",
-        "method_version": "1",
-        "result": "fail",
-        "reason": "bad signature",
-        "properties": [
-            {"ptype": "header", "property": "d", "value": "sender.test"},
-            {"ptype": "header", "property": "i", "value": "@sender.test"},
-        ],
-    }
-
-
-def test_text_form_escapes_what_a_terminal_would_obey() -> None:
-    res = ResInfo(
-        "dkim",
-        "fail",
-        reason="bad \x1b[2J signature",
-        properties=(Property("header", "d", "sender.test"), Property("smtp", "auth", "a b")),
-    )
-    assert result_as_text(res) == (
-        'dkim=fail reason="bad \\u001b[2J signature" header.d=sender.test smtp.auth="a b"'
-    )
