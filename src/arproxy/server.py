@@ -300,8 +300,10 @@ class ArproxySMTP(SMTP):
         """
         log.debug("client=%s closed its sending side", self.client_text)
         asyncio.StreamReaderProtocol.eof_received(self)  # feeds EOF to the reader
-        transport = self.transport
-        return transport is None or transport.get_extra_info("ssl_object") is None
+        # Over TLS the return value means nothing (asyncio warns about True); the
+        # transport may be closing already, so its extra info is not asked.
+        session = self.session
+        return session is None or session.ssl is None
 
     async def on_client_eof(self, partial: bytes) -> NoReturn:
         if partial:
@@ -462,10 +464,17 @@ class ArproxySMTP(SMTP):
                 self.transport.close()
 
     def _log_reply(self, status: str) -> None:
+        """Refusals at info (one line each), every other reply at debug."""
         logged, self._reply_logged = self._reply_logged, False
-        if logged or status[:1] not in ("4", "5"):
+        refusal = status[:1] in ("4", "5")
+        if logged or not (refusal or log.isEnabledFor(logging.DEBUG)):
             return
-        log.info("%s reply %r", self.log_prefix, status.replace("\r\n", " / "))
+        log.log(
+            logging.INFO if refusal else logging.DEBUG,
+            "%s reply %r",
+            self.log_prefix,
+            status.replace("\r\n", " / "),
+        )
 
 
 def _with_enhanced_code(status: str) -> str:
