@@ -168,7 +168,7 @@ class ArproxySMTP(SMTP):
         self.reject_bare_newline = handler.config.limits.bare_newline == "reject"
         self.quitting = False  # answered 221: over for the client
         self._reply_logged = False  # the next reply's decision was logged already
-        self._then_close: Reply | None = None  # after the next reply: this, then close
+        self._close_after_reply = False
 
     def _create_session(self) -> ArproxySession:
         return ArproxySession(self.loop)
@@ -348,9 +348,9 @@ class ArproxySMTP(SMTP):
         """The decision behind the next reply has its log line: do not log it twice."""
         self._reply_logged = True
 
-    def close_after_reply(self, then: Reply | None = None) -> None:
-        """Close once the next reply is written (after `then`, if given)."""
-        self._then_close = then or Reply(0, None, ("",))
+    def close_after_reply(self) -> None:
+        """Close once the next reply is written."""
+        self._close_after_reply = True
 
     @property
     def client_text(self) -> str:
@@ -456,12 +456,8 @@ class ArproxySMTP(SMTP):
                 status = _with_enhanced_code(status)
             self._log_reply(status)
         await super().push(status)
-        then, self._then_close = self._then_close, None
-        if then is not None:
-            if then.code:
-                self.close_with(then)
-            elif self.transport is not None:
-                self.transport.close()
+        if self._close_after_reply and self.transport is not None:
+            self.transport.close()
 
     def _log_reply(self, status: str) -> None:
         """Refusals at info (one line each), every other reply at debug."""
@@ -625,8 +621,7 @@ class SessionHandler:
         content = envelope.content
         assert isinstance(content, bytes), "decode_data is off"
         try:
-            too_long = longest_line(content) > self.config.limits.max_line_length
-            if too_long:
+            if has_line_over(content, self.config.limits.max_line_length):
                 # aiosmtpd's own bound counts a transparency dot on every line
                 # (one octet of slack); the limit is on the text (RFC 5321 4.5.3.1.6).
                 reply = LINE_TOO_LONG_IN_DATA
@@ -684,9 +679,10 @@ class SessionHandler:
             await transaction.close()
 
 
-def longest_line(content: bytes) -> int:
-    """Octets of the longest line of `content` (lines end in CRLF), CRLF excluded."""
-    return max(map(len, content.split(b"\r\n")))
+def has_line_over(content: bytes, limit: int) -> bool:
+    """Whether a line of `content` holds more than `limit` octets. A bare CR or LF
+    also ends a line here: the intake refuses it, or makes it CRLF (bare_newline)."""
+    return max(map(len, content.splitlines()), default=0) > limit  # CRLF, CR, LF
 
 
 def _is_line_overflow(error: Exception) -> bool:

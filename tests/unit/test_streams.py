@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from arproxy.config import parse_config
-from arproxy.server import ArproxySMTP, SessionRegistry
+from arproxy.server import ArproxySMTP, SessionRegistry, has_line_over
 from arproxy.streams import ClientReader, HalfCloseSSLProtocol, adopt_reader, ends_in_crlf
 
 
@@ -191,3 +191,13 @@ def test_sessions_answered_221_or_closing_do_not_count() -> None:
     config = parse_config("[limits]\nmax_connections_per_ip = 1", "t")
     assert registry.refusal_for("192.0.2.1", config) is not None
     assert registry.refusal_for("192.0.2.3", config) is None
+
+
+def test_line_length_counts_the_text_of_a_line() -> None:
+    # RFC 5321 section 4.5.3.1.6: 998 octets, CRLF (and a transparency dot, which
+    # aiosmtpd has removed by now) not counted.
+    assert not has_line_over(b"x" * 998 + b"\r\n" + b"." + b"x" * 997 + b"\r\n", 998)
+    assert has_line_over(b"a\r\n" + b"x" * 999 + b"\r\n", 998)
+    # Bare LF ends a line too: in "normalize" mode it becomes CRLF.
+    assert not has_line_over((b"x" * 600 + b"\n") * 3, 998)
+    assert not has_line_over(b"", 998)
