@@ -120,6 +120,7 @@ class LimitsConfig:
     max_connections_per_ip: int
     max_header_size: int
     max_header_fields: int
+    max_line_length: int
     bare_newline: Literal["reject", "normalize"]
     eight_bit_header: Literal["reject", "accept"]
     data_timeout: float
@@ -303,9 +304,14 @@ def _limits(t: _Table) -> LimitsConfig:
         max_recipients=t.integer("max_recipients", 1000, minimum=1),
         command_timeout=t.number("command_timeout", 300.0, minimum=1.0),
         max_connections=t.integer("max_connections", 1000, minimum=1),
-        max_connections_per_ip=t.integer("max_connections_per_ip", 20, minimum=1),
+        # Headroom over what one sending MTA opens: Postfix's
+        # default_destination_concurrency_limit is 20; Postfix as an MX allows 50
+        # (smtpd_client_connection_count_limit).
+        max_connections_per_ip=t.integer("max_connections_per_ip", 50, minimum=1),
         max_header_size=t.integer("max_header_size", 102_400, minimum=1024),
         max_header_fields=t.integer("max_header_fields", 1000, minimum=10),
+        # RFC 5321 section 4.5.3.1.6 / RFC 5322 section 2.1.1: 998 octets of text.
+        max_line_length=t.integer("max_line_length", 998, minimum=998, maximum=100_000),
         bare_newline=t.choice("bare_newline", "reject", ("reject", "normalize")),
         eight_bit_header=t.choice("eight_bit_header", "accept", ("accept", "reject")),
         data_timeout=t.number("data_timeout", 600.0, minimum=1.0),
@@ -429,12 +435,14 @@ class _Table:
             raise self.error(key, f"{value} is below the minimum {minimum}")
         return float(value)
 
-    def integer(self, key: str, default: int, *, minimum: int) -> int:
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
         value = self._get(key, int, "an integer")
         if value is None:
             return default
         if value < minimum:
             raise self.error(key, f"{value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"{value} is above the maximum {maximum}")
         return int(value)
 
     def boolean(self, key: str, default: bool) -> bool:

@@ -27,7 +27,14 @@ from arproxy.dns import Resolver
 from arproxy.idn import address_with_a_labels
 from arproxy.intake import IntakeLimits, take_in
 from arproxy.relay import Delivery, Relay, make_relay
-from arproxy.replies import RELAY_DENIED, Reply
+from arproxy.replies import (
+    DOWNSTREAM_TIMEOUT,
+    DOWNSTREAM_UNAVAILABLE,
+    LOCAL_ERROR,
+    RELAY_DENIED,
+    ROUTING_DENIED,
+    Reply,
+)
 from arproxy.rewrite import ForgeryPolicy, rewrite_header
 from arproxy.trace import TraceInfo, received_field
 
@@ -147,21 +154,23 @@ class Transaction:
         # its A-label form, and one with no unambiguous A-label is not local.
         comparable = address_with_a_labels(recipient) or ""
         if not policy.may_relay_to(comparable, config.domains.local, authenticated=authenticated):
+            refusal = relay_refusal(comparable, config.domains.local)
             log.info(
                 "%s from=<%s> to=<%s> reject: %s",
                 self._log_prefix(),
-                printable(self.sender),
+                envelope_address(self.sender),
                 printable(recipient),
-                RELAY_DENIED,
+                refusal,
             )
-            return RELAY_DENIED
+            return refusal
         if self._delivery is None:
             opened = await self.pipeline.relay.open(self.sender, self.mail_options, recipient)
             if opened.delivery is None:
                 log.info(
-                    "%s from=<%s> downstream refused sender: %s",
+                    "%s from=<%s> %s: %s",
                     self._log_prefix(),
-                    printable(self.sender),
+                    envelope_address(self.sender),
+                    "not relayed" if opened.reply in OUR_FAILURES else "downstream refused sender",
                     opened.reply,
                 )
                 return opened.reply
@@ -188,7 +197,7 @@ class Transaction:
             log.info(
                 "%s from=<%s> reject: %s (%s)",
                 self._log_prefix(),
-                printable(self.sender),
+                envelope_address(self.sender),
                 intake.refusal,
                 intake.reason,
             )
@@ -202,7 +211,7 @@ class Transaction:
             log.info(
                 "%s from=<%s> reject by policy (%s): %s | %s",
                 self._log_prefix(),
-                printable(self.sender),
+                envelope_address(self.sender),
                 verdict.reason,
                 verdict.reply,
                 " ".join(field.split()),
@@ -217,7 +226,7 @@ class Transaction:
             "time=%.3f",
             self._log_prefix(),
             printable(self.client.helo or ""),
-            printable(self.sender),
+            envelope_address(self.sender),
             len(self.recipients),
             len(content),
             len(outcome.removed),
@@ -295,6 +304,25 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     return authres.format_field(
         authres.AuthenticationResults(authserv_id, tuple(resinfos)), allow_utf8=utf8
     )
+
+
+# Replies arproxy gives when the downstream could not be asked: not its refusals.
+OUR_FAILURES = (DOWNSTREAM_UNAVAILABLE, DOWNSTREAM_TIMEOUT, LOCAL_ERROR)
+
+
+def relay_refusal(recipient: str, local_domains: Sequence[str]) -> Reply:
+    """Why `policy.may_relay_to` refused: a domain that is not local, or a local
+    domain whose local part routes elsewhere (`%`, `!`, a quoted `@`)."""
+    domain = policy.recipient_domain(recipient)
+    if domain is not None and domain in set(local_domains):
+        return ROUTING_DENIED
+    return RELAY_DENIED
+
+
+def envelope_address(address: str) -> str:
+    """A MAIL FROM or RCPT TO address for `<%s>` in a log line: the null reverse-path,
+    which aiosmtpd hands over as "<>", is written `<>` (RFC 5321 section 4.5.5)."""
+    return "" if address == "<>" else printable(address)
 
 
 def summary(results: Sequence[MethodResult]) -> str:

@@ -78,6 +78,10 @@ OK = Reply.of(250, "2.0.0", "OK")
 SENDER_OK = Reply.of(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply.of(250, "2.1.5", "Recipient OK")
 RELAY_DENIED = Reply.of(550, "5.7.1", "Relaying denied: recipient domain is not local")
+# RFC 5321 section 3.6.1 and appendix C: source routes in a local part are refused.
+ROUTING_DENIED = Reply.of(
+    550, "5.7.1", "Relaying denied: %, ! or @ in the local part of a local address"
+)
 DOWNSTREAM_UNAVAILABLE = Reply.of(451, "4.4.1", "Downstream server unavailable, try again later")
 DOWNSTREAM_TIMEOUT = Reply.of(
     451, "4.4.1", "Downstream server did not answer in time, try again later"

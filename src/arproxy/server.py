@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any, AnyStr
+from typing import Any, AnyStr, NoReturn
 
 from aiosmtpd.smtp import (
     MISSING,
@@ -32,12 +32,15 @@ from arproxy.pipeline import ClientInfo, Pipeline, Transaction, printable
 from arproxy.ratelimit import client_key
 from arproxy.replies import LOCAL_ERROR, SENDER_OK, SHUTTING_DOWN, Reply
 from arproxy.smtpauth import Authenticator
+from arproxy.streams import adopt_reader, adopt_tls_protocol
 from arproxy.tls import ReloadableContext
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PENDING = "arproxy: credentials to check"
 TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
 LINE_TOO_LONG = Reply.of(500, "5.5.6", "Line too long")
+# aiosmtpd's words for the same refusal at the end of DATA, with RFC 3463's code.
+LINE_TOO_LONG_IN_DATA = Reply.of(500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)")
 AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "AUTH not permitted during a mail transaction")
 # Per session: a client re-sending EHLO (each starts an SPF check) or anything else
 # without end is cut off with aiosmtpd's "421 4.7.0 <cmd> sent too many times".
@@ -86,6 +89,11 @@ class ArproxySession(Session):
         self.offered: frozenset[str] = frozenset()  # keywords of our last EHLO reply
 
 
+def bare_newline_refusal(hostname: str) -> Reply:
+    """Postfix 3.9's reply to a command line ending in a bare LF (it disconnects after)."""
+    return Reply.of(550, "5.5.2", f"{hostname} Error: bare <LF> received")
+
+
 class SessionRegistry:
     """The open sessions of one listener, so that shutdown can drain them."""
 
@@ -97,6 +105,8 @@ class SessionRegistry:
         """Why a new connection from `peer_ip` may not even get a banner, if so."""
         if self.draining:
             return SHUTTING_DOWN
+        # Every open socket counts against the total (it holds memory and a file);
+        # the per-address limit counts sessions in progress (see count_client).
         if len(self.open) >= config.limits.max_connections:
             return TOO_MANY_CONNECTIONS
         if config.server.proxy_protocol and not _in_networks(
@@ -118,10 +128,17 @@ class SessionRegistry:
             await asyncio.sleep(0.01)
 
     def count_client(self, client_ip: str) -> int:
-        """Open sessions from this client: per address for IPv4, per /64 for IPv6
-        (one IPv6 host has a whole /64 to pick addresses from)."""
+        """Sessions in progress from this client: per address for IPv4, per /64 for
+        IPv6 (one IPv6 host has a whole /64 to pick addresses from). A session that
+        has been answered 221 or is closing is over for the client, which may
+        already open its next one (Postfix does as soon as it has its 250): it no
+        longer counts."""
         key = client_key(client_ip)
-        return sum(1 for protocol in self.open if client_key(protocol.client_text) == key)
+        return sum(
+            1
+            for protocol in self.open
+            if protocol.in_progress and client_key(protocol.client_text) == key
+        )
 
     async def drain(self, grace: float) -> None:
         """Close idle sessions now, busy ones when done, the rest after `grace`."""
@@ -140,6 +157,9 @@ class SessionRegistry:
 
 class ArproxySMTP(SMTP):
     def __init__(self, handler: SessionHandler, registry: SessionRegistry, **kwargs: Any) -> None:
+        # aiosmtpd's DATA line limit (read by its constructor): the text of a line,
+        # plus CRLF, plus a transparency dot (RFC 5321 section 4.5.2).
+        self.line_length_limit = handler.config.limits.max_line_length + 3
         super().__init__(handler, **kwargs)
         self.pipeline = handler.pipeline
         self.config = handler.config
@@ -147,6 +167,11 @@ class ArproxySMTP(SMTP):
         self._in_greeting_reply = False
         self._refused = False
         self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
+        # RFC 5321 section 2.3.8: command lines end in CRLF; "normalize" tolerates LF.
+        self.reject_bare_newline = handler.config.limits.bare_newline == "reject"
+        self.quitting = False  # answered 221: over for the client
+        self._reply_logged = False  # the next reply's decision was logged already
+        self._close_after_reply = False
 
     def _create_session(self) -> ArproxySession:
         return ArproxySession(self.loop)
@@ -157,6 +182,12 @@ class ArproxySMTP(SMTP):
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
 
     @property
+    def in_progress(self) -> bool:
+        """Not yet answered 221 and not closing: counts against the per-address limit."""
+        transport = self.transport
+        return not self.quitting and transport is not None and not transport.is_closing()
+
+    @property
     def is_idle(self) -> bool:
         session = self.session
         return not isinstance(session, ArproxySession) or session.transaction is None
@@ -165,6 +196,8 @@ class ArproxySMTP(SMTP):
         if self.transport is not None:  # after STARTTLS: a new transport, same client
             before = self.session
             super().connection_made(transport)  # aiosmtpd starts a new session here
+            if self._tls_protocol is not None:
+                adopt_tls_protocol(self._tls_protocol)
             self._carry_over(before)
             return
         peer = transport.get_extra_info("peername")
@@ -182,6 +215,8 @@ class ArproxySMTP(SMTP):
             return
         super().connection_made(transport)
         self.registry.open.add(self)
+        assert self._handler_coroutine is not None
+        self._handler_coroutine.add_done_callback(self._session_task_done)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and self.session is not None:
             self.session.ssl = ssl_object  # implicit TLS: encrypted from the first byte
@@ -212,7 +247,7 @@ class ArproxySMTP(SMTP):
         )
         if self.registry.count_client(client_ip) > self.config.limits.max_connections_per_ip:
             log.warning("client %s over max_connections_per_ip: closing", client_ip)
-            self.close_with(TOO_MANY_FROM_CLIENT)
+            self.close_with(TOO_MANY_FROM_CLIENT, logged=True)
             return False
         self.session.checks = self.pipeline.start_session(client_ip)
         return True
@@ -230,8 +265,95 @@ class ArproxySMTP(SMTP):
                 session.checks.close()
             if session.transaction is not None:
                 transaction, session.transaction = session.transaction, None
+                log.info(
+                    "id=%s client=%s connection closed before the end of the transaction: "
+                    "nothing relayed",
+                    transaction.queue_id,
+                    self.client_text,
+                )
                 self.pipeline.in_background(transaction.close())
         log.info("disconnect from %s", self.client_text)
+
+    def _session_task_done(self, task: asyncio.Future[None]) -> None:
+        """aiosmtpd never awaits its session task: observe how it ended, so that no
+        exception goes unretrieved (asyncio 3.11's wait_for can swallow the
+        cancellation and let a session run on after its connection is gone)."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if self.transport is None or isinstance(error, ConnectionError):
+            log.info("client=%s session ended with its connection: %r", self.client_text, error)
+        else:
+            log.error("client=%s session failed: %s", self.client_text, error, exc_info=error)
+
+    # --- the client's byte stream (arproxy.streams) ---
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super()._cb_client_connected(adopt_reader(reader, self), writer)
+
+    def eof_received(self) -> bool | None:
+        """The client closed its sending side: stop reading, but keep answering.
+
+        aiosmtpd cancels the session here, losing the replies owed for the
+        commands already buffered (a pipelined end of DATA and QUIT, RFC 5321
+        section 3.8). The reader hands those over first and then reports the EOF
+        (`on_client_eof`), which closes the connection. True keeps a plain TCP
+        socket half-open; over TLS, arproxy.streams keeps it open.
+        """
+        log.debug("client=%s closed its sending side", self.client_text)
+        asyncio.StreamReaderProtocol.eof_received(self)  # feeds EOF to the reader
+        # Over TLS the return value means nothing (asyncio warns about True); the
+        # transport may be closing already, so its extra info is not asked.
+        session = self.session
+        return session is None or session.ssl is None
+
+    async def on_client_eof(self, partial: bytes) -> NoReturn:
+        if partial:
+            # RFC 5321 section 2.3.8: no command without its line end.
+            log.info(
+                "client=%s closed the connection inside a line: %d octets ignored",
+                self.client_text,
+                len(partial),
+            )
+        await self._close_and_wait()
+
+    async def on_bare_newline(self, line: bytes) -> NoReturn:
+        reply = bare_newline_refusal(self.config.server.hostname)
+        log.info(
+            "%s command line ending in bare LF %s: %s, closing",
+            self.log_prefix,
+            printable(line[:80].decode("ascii", "backslashreplace")),
+            reply,
+        )
+        self._reply_logged = True
+        await self.push(str(reply))
+        await self._close_and_wait()
+
+    async def _close_and_wait(self) -> NoReturn:
+        # Everything before was answered (commands are handled in order). The
+        # close ends in connection_lost, which cancels this session task.
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+        await self.loop.create_future()
+        raise ConnectionResetError("connection closed")  # not reached: cancelled first
+
+    @property
+    def log_prefix(self) -> str:
+        """`id=QUEUEID client=IP` within a transaction, `client=IP` outside one."""
+        session = self.session
+        if isinstance(session, ArproxySession) and session.transaction is not None:
+            return f"id={session.transaction.queue_id} client={self.client_text}"
+        return f"client={self.client_text}"
+
+    def reply_logged(self) -> None:
+        """The decision behind the next reply has its log line: do not log it twice."""
+        self._reply_logged = True
+
+    def close_after_reply(self) -> None:
+        """Close once the next reply is written."""
+        self._close_after_reply = True
 
     @property
     def client_text(self) -> str:
@@ -271,21 +393,30 @@ class ArproxySMTP(SMTP):
             return AuthResult(success=True, message=str(outcome.reply), auth_data=outcome.identity)
         if checks is not None and outcome.attempted is not None:
             checks.on_auth_failure(outcome.attempted)
+        self.reply_logged()  # the authenticator logged the failure
         if outcome.disconnect:
-            self.close_with(outcome.reply)
+            self.close_with(outcome.reply, logged=True)
             return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=str(outcome.reply))
 
     def _timeout_cb(self) -> None:
         # aiosmtpd closes an idle connection without a word; RFC 5321 4.1.1.x wants 421.
-        log.info("timeout: closing session with %s", self.client_text)
         self.close_with(Reply.of(421, "4.4.2", f"{self.config.server.hostname} timeout exceeded"))
 
-    def close_with(self, reply: Reply) -> None:
+    def close_with(self, reply: Reply, *, logged: bool = False) -> None:
+        """Send `reply` (a 421, RFC 5321 section 3.8) and close, whatever the session
+        is doing; logged here unless the caller logged it."""
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            if not logged:
+                log.info("%s reply %r, closing", self.log_prefix, str(reply))
             transport.write(str(reply).encode("ascii") + b"\r\n")
             transport.close()
+
+    async def handle_exception(self, error: Exception) -> str:
+        status = await super().handle_exception(error)
+        self.reply_logged()  # SessionHandler.handle_exception logged it
+        return status
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_greeting_reply = True
@@ -341,6 +472,7 @@ class ArproxySMTP(SMTP):
             )
         except extensions.ParameterSyntaxError as exc:
             log.info("client=%s %s parameters refused (501): %s", self.client_text, verb, exc)
+            self.reply_logged()
             return None
         if screened.not_offered:
             log.info(
@@ -349,6 +481,7 @@ class ArproxySMTP(SMTP):
                 verb,
                 printable(" ".join(str(p) for p in screened.not_offered)),
             )
+            self.reply_logged()
         result: dict[str, str | bool] = {
             p.keyword: True if p.value is None else p.value
             for p in screened.accepted
@@ -365,10 +498,28 @@ class ArproxySMTP(SMTP):
             self._in_greeting_reply = False
 
     async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and not self._in_greeting_reply:
-            await super().push(_with_enhanced_code(status))
-        else:
-            await super().push(status)
+        """Every reply goes out here: our hooks' and aiosmtpd's own. Each refusal gets
+        its log line (hooks whose decision was logged say so with reply_logged)."""
+        if isinstance(status, str):
+            if not self._in_greeting_reply:
+                status = _with_enhanced_code(status)
+            self._log_reply(status)
+        await super().push(status)
+        if self._close_after_reply and self.transport is not None:
+            self.transport.close()
+
+    def _log_reply(self, status: str) -> None:
+        """Refusals at info (one line each), every other reply at debug."""
+        logged, self._reply_logged = self._reply_logged, False
+        refusal = status[:1] in ("4", "5")
+        if logged or not (refusal or log.isEnabledFor(logging.DEBUG)):
+            return
+        log.log(
+            logging.INFO if refusal else logging.DEBUG,
+            "%s reply %r",
+            self.log_prefix,
+            status.replace("\r\n", " / "),
+        )
 
 
 def _with_enhanced_code(status: str) -> str:
@@ -445,6 +596,7 @@ class SessionHandler:
         await self._abandon(session)  # aiosmtpd has reset the envelope already
         if not helo_acceptable(hostname):
             log.info("client=%s invalid EHLO %s: refused", server.client_text, printable(hostname))
+            server.reply_logged()
             return [str(INVALID_HELO)]
         session.host_name = hostname  # aiosmtpd leaves this to a hook that exists
         _checks(session).on_helo(hostname)
@@ -465,6 +617,7 @@ class SessionHandler:
         await self._abandon(session)
         if not helo_acceptable(hostname):
             log.info("client=%s invalid HELO %s: refused", server.client_text, printable(hostname))
+            server.reply_logged()
             return str(INVALID_HELO)
         session.host_name = hostname
         _checks(session).on_helo(hostname)
@@ -479,6 +632,11 @@ class SessionHandler:
         mail_options: list[str],
     ) -> str:
         await self._abandon(session)
+        if server.registry.draining:
+            # Postfix's behaviour on stop: no new transaction, and the session ends
+            # with this reply (RFC 5321 section 3.8: 421, then close).
+            server.close_after_reply()
+            return str(SHUTTING_DOWN)
         refusal = extensions.address_refusal(
             address, smtputf8=bool(envelope.smtp_utf8), sender=True
         )
@@ -486,6 +644,7 @@ class SessionHandler:
             log.info(
                 "client=%s from=<%s> refused: %s", server.client_text, printable(address), refusal
             )
+            server.reply_logged()
             return str(refusal)
         session.transaction = self.pipeline.begin(
             _client_info(server, session), _checks(session), address, mail_options
@@ -515,11 +674,14 @@ class SessionHandler:
                 printable(address),
                 refusal,
             )
+            server.reply_logged()
             return str(refusal)
         reply = await transaction.add_recipient(address)
         if reply.is_success:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
+        else:
+            server.reply_logged()  # the transaction logged why
         return str(reply)
 
     async def handle_DATA(
@@ -530,7 +692,13 @@ class SessionHandler:
         content = envelope.content
         assert isinstance(content, bytes), "decode_data is off"
         try:
-            reply = await transaction.deliver(content)
+            if has_line_over(content, self.config.limits.max_line_length):
+                # aiosmtpd's own bound counts a transparency dot on every line
+                # (one octet of slack); the limit is on the text (RFC 5321 4.5.3.1.6).
+                reply = LINE_TOO_LONG_IN_DATA
+                log.info("%s reject: %s (over limits.max_line_length)", server.log_prefix, reply)
+            else:
+                reply = await transaction.deliver(content)
         except Exception as error:  # a bug of ours must not cost the mail
             # Answered here rather than in handle_exception, so aiosmtpd still resets
             # the transaction state and the session stays usable.
@@ -541,6 +709,9 @@ class SessionHandler:
             # Cleared only now and with no await before the reply is pushed, so a
             # draining shutdown never takes this session for idle mid-delivery.
             session.transaction = None
+        # deliver() logged the outcome (or the error above). When draining, the
+        # session is idle from here: the drain closes it, or its next MAIL gets 421.
+        server.reply_logged()
         return str(reply)
 
     async def handle_RSET(
@@ -553,6 +724,7 @@ class SessionHandler:
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope
     ) -> str:
         await self._abandon(session)
+        server.quitting = True
         return f"221 2.0.0 {self.config.server.hostname} closing connection"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -576,6 +748,12 @@ class SessionHandler:
             session.checks.reset_transaction()
         if transaction is not None:
             await transaction.close()
+
+
+def has_line_over(content: bytes, limit: int) -> bool:
+    """Whether a line of `content` holds more than `limit` octets. A bare CR or LF
+    also ends a line here: the intake refuses it, or makes it CRLF (bare_newline)."""
+    return max(map(len, content.splitlines()), default=0) > limit  # CRLF, CR, LF
 
 
 def _is_line_overflow(error: Exception) -> bool:

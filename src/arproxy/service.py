@@ -16,6 +16,7 @@ from arproxy.pipeline import Pipeline
 from arproxy.relay import CLOSE_TIMEOUT
 from arproxy.server import SessionHandler, SessionRegistry, make_protocol_factory
 from arproxy.smtpauth import Authenticator
+from arproxy.streams import serve_tls
 from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed
 from arproxy.users import UsersFile, UsersFileError
 
@@ -114,20 +115,21 @@ async def _listen(
     *,
     implicit: bool,
 ) -> asyncio.Server:
-    ssl_context = None
+    loop = asyncio.get_running_loop()
+    factory = make_protocol_factory(config, handler, registry, implicit_tls=implicit)
     if implicit:
         assert handler.tls is not None
         ssl_context = handler.tls.front_context()
-    factory = make_protocol_factory(config, handler, registry, implicit_tls=implicit)
-    return await asyncio.get_running_loop().create_server(
-        factory,
-        host=address.host,
-        port=address.port,
-        ssl=ssl_context,
-        # Connection limits apply once the handshake is done: keep the time a
-        # silent client can hold a socket before that short.
-        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
-    )
+        smtp_factory = factory
+
+        def factory() -> asyncio.BaseProtocol:
+            # TLS wrapped by hand rather than create_server(ssl=...): asyncio's own
+            # TLS layer drops the replies owed when the client closes its side
+            # (arproxy.streams). Connection limits apply once the handshake is done:
+            # keep the time a silent client can hold a socket before that short.
+            return serve_tls(loop, smtp_factory(), ssl_context, TLS_HANDSHAKE_TIMEOUT)
+
+    return await loop.create_server(factory, host=address.host, port=address.port)
 
 
 def _log_start(

@@ -1,4 +1,5 @@
-"""Real peers for the integration tests: Postfix's smtp-sink, arproxy itself, swaks.
+"""Real peers for the integration tests: Postfix's smtp-sink, a private Postfix as
+sending MTA, arproxy itself, swaks.
 
 Each is a separate program reached over loopback TCP, started and stopped by a
 fixture, so the tests see exactly what a mail administrator would.
@@ -190,3 +191,133 @@ def sink(workdir: Path, options: Sequence[str] = ()) -> Iterator[SmtpSink]:
         yield s
     finally:
         s.close()
+
+
+POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+POSTFIX_MASTER_CF = """\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+class PrivatePostfix:
+    """A private Postfix instance as a sending MTA: its own configuration, queue and
+    log in a temporary directory, relaying everything to `relayhost`, nothing
+    listening (mail is enqueued with its sendmail). Postfix defaults otherwise:
+    up to 20 parallel deliveries to one destination, connection caching on.
+
+    Needs root (Postfix's master runs as root and drops to `postfix`) and Debian's
+    postfix package; its /etc/postfix/main.cf may be absent ("No configuration").
+    """
+
+    def __init__(self, relayhost: str) -> None:
+        # The postfix user must reach the queue: not under pytest's private tmp_path.
+        self.root = Path(tempfile.mkdtemp(prefix="arproxy-postfix-"))
+        self.root.chmod(0o755)
+        self.conf = self.root / "conf"
+        self.conf.mkdir()
+        (self.root / "queue").mkdir()
+        data = self.root / "data"
+        data.mkdir()
+        shutil.chown(data, "postfix")
+        self.maillog = self.root / "maillog"
+        (self.conf / "master.cf").write_text(POSTFIX_MASTER_CF)
+        (self.conf / "main.cf").write_text(
+            f"""\
+compatibility_level = 3.6
+queue_directory = {self.root}/queue
+data_directory = {data}
+meta_directory = /etc/postfix
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = mta.sender.test
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+relayhost = {relayhost}
+smtp_bind_address = 127.0.0.1
+smtp_tls_security_level = none
+maillog_file = {self.maillog}
+maillog_file_prefixes = {self.root}
+"""
+        )
+        self._postfix("check")
+        self.running = False
+
+    def _postfix(self, *args: str, timeout: float = 30.0) -> None:
+        subprocess.run(
+            [POSTFIX, "-c", str(self.conf), *args],
+            check=True,
+            timeout=timeout,
+            capture_output=True,
+        )
+
+    def enqueue(self, sender: str, recipient: str, message: bytes) -> None:
+        """Hand one message to Postfix's sendmail (into the maildrop queue, which
+        Postfix picks up when started)."""
+        subprocess.run(
+            ["/usr/sbin/sendmail", "-C", str(self.conf), "-f", sender, recipient],
+            input=message,
+            check=True,
+            timeout=30,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        self._postfix("start")
+        self.running = True
+
+    def queue_is_empty(self) -> bool:
+        listing = subprocess.run(
+            ["/usr/sbin/postqueue", "-c", str(self.conf), "-p"],
+            check=False,
+            timeout=30,
+            capture_output=True,
+            text=True,
+        )
+        return "Mail queue is empty" in listing.stdout
+
+    def wait_for_empty_queue(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.queue_is_empty():
+                return True
+            time.sleep(0.5)
+        return False
+
+    @property
+    def log(self) -> str:
+        return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+    def close(self) -> None:
+        """Stop Postfix (its master ends its children), then remove everything."""
+        if self.running:
+            try:
+                self._postfix("stop")
+            except subprocess.SubprocessError:
+                self._postfix("abort")
+            self.running = False
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -108,3 +108,21 @@ def test_check_config_command_reports_without_traceback(tmp_path: Path) -> None:
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_per_address_limit_has_headroom_over_a_sending_postfix() -> None:
+    # Postfix sends up to default_destination_concurrency_limit = 20 sessions to one
+    # destination (plus idle cached ones) and allows 50 per client as an MX
+    # (smtpd_client_connection_count_limit): the default must not refuse it.
+    limits = parse_config("", "t").limits
+    assert limits.max_connections_per_ip == 50
+    assert load_config(REPO / "config" / "arproxy.toml").limits == limits
+
+
+def test_max_line_length() -> None:
+    # RFC 5321 section 4.5.3.1.6: 998 octets of text, the default and the minimum.
+    assert parse_config("", "t").limits.max_line_length == 998
+    assert parse_config("[limits]\nmax_line_length = 2048", "t").limits.max_line_length == 2048
+    for bad, words in (("997", "below the minimum 998"), ("100001", "above the maximum")):
+        with pytest.raises(ConfigError, match=words):
+            parse_config(f"[limits]\nmax_line_length = {bad}", "t")

@@ -518,8 +518,9 @@ def strictest(results: Sequence[DmarcResult]) -> DmarcResult:
     if failing:
         worst = max(failing, key=lambda r: _SEVERITY[r.policy or "none"])
         for result in results:
-            if result.value is Value.TEMPERROR and _SEVERITY[_possible_policy(result)] > (
-                _SEVERITY[worst.policy or "none"]
+            if (
+                result.value is Value.TEMPERROR
+                and _SEVERITY[_possible_policy(result)] > (_SEVERITY[worst.policy or "none"])
             ):
                 return result
         return worst

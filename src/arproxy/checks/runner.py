@@ -207,3 +207,12 @@ async def _wait(running: Sequence[_Running], timeout: float) -> None:
 def _cancel(running: Sequence[_Running]) -> None:
     for r in running:
         r.task.cancel()
+        # Nobody reads an abandoned check's outcome: observe it here, or an error
+        # (raised before the cancel, or after it when asyncio 3.11's wait_for
+        # swallowed the cancellation) would be "Task exception was never retrieved".
+        r.task.add_done_callback(_abandoned_done)
+
+
+def _abandoned_done(task: asyncio.Future[tuple[MethodResult, ...]]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.info("abandoned check ended with %r", error)

@@ -1,0 +1,203 @@
+"""arproxy.streams: line ends and EOF as SMTP needs them, and the private hooks of
+aiosmtpd and asyncio it relies on (a test fails here if an upgrade removes one)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from asyncio import sslproto
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from arproxy.config import parse_config
+from arproxy.server import ArproxySMTP, SessionRegistry, has_line_over
+from arproxy.streams import ClientReader, HalfCloseSSLProtocol, adopt_reader, ends_in_crlf
+
+
+class Stop(Exception):
+    pass
+
+
+class Owner:
+    def __init__(self, *, reject: bool = True) -> None:
+        self.reject_bare_newline = reject
+        self.events: list[tuple[str, bytes]] = []
+
+    async def on_client_eof(self, partial: bytes) -> NoReturn:
+        self.events.append(("eof", partial))
+        raise Stop
+
+    async def on_bare_newline(self, line: bytes) -> NoReturn:
+        self.events.append(("bare", line))
+        raise Stop
+
+
+def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in its own event loop (no pytest plugin needed)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+def reader_with(data: bytes, owner: Owner, *, eof: bool = True, limit: int = 64) -> ClientReader:
+    reader = adopt_reader(asyncio.StreamReader(limit=limit), owner)
+    reader.feed_data(data)
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+@run
+async def test_command_lines_ending_in_crlf_pass() -> None:
+    owner = Owner()
+    reader = reader_with(b"EHLO a.example\r\nQUIT\r\n", owner)
+    assert await reader.readuntil() == b"EHLO a.example\r\n"
+    assert await reader.readline() == b"QUIT\r\n"  # AUTH continuation lines
+    with pytest.raises(Stop):
+        await reader.readuntil()
+    assert owner.events == [("eof", b"")]
+
+
+@pytest.mark.parametrize("read", ["readuntil", "readline"])
+@run
+async def test_bare_lf_is_reported_before_the_line_is_used(read: str) -> None:
+    # RFC 5321 section 2.3.8: the injected "X-Injected" line is never read.
+    owner = Owner()
+    reader = reader_with(b"EHLO evil.example\nX-Injected: yes\r\n", owner)
+    with pytest.raises(Stop):
+        await getattr(reader, read)()
+    assert owner.events == [("bare", b"EHLO evil.example\n")]
+
+
+@run
+async def test_bare_lf_tolerated_with_normalize() -> None:
+    owner = Owner(reject=False)
+    reader = reader_with(b"EHLO a\nNOOP\r\n", owner)
+    assert await reader.readuntil() == b"EHLO a\n"
+    assert owner.events == []
+
+
+@run
+async def test_data_lines_are_not_judged_here() -> None:
+    # Bare LF inside DATA is the intake's business (limits.bare_newline there).
+    owner = Owner()
+    reader = reader_with(b"a\nb\r\n", owner)
+    assert await reader.readuntil(b"\r\n") == b"a\nb\r\n"
+    assert owner.events == []
+
+
+@run
+async def test_unfinished_last_line_at_eof_is_reported() -> None:
+    owner = Owner()
+    reader = reader_with(b"QUI", owner)
+    with pytest.raises(Stop):
+        await reader.readuntil()
+    assert owner.events == [("eof", b"QUI")]
+
+
+@run
+async def test_eof_in_the_proxy_header_is_reported() -> None:
+    owner = Owner()
+    reader = reader_with(b"PRO", owner)
+    with pytest.raises(Stop):
+        await reader.readexactly(5)
+    assert owner.events == [("eof", b"PRO")]
+
+
+@run
+async def test_overlong_line_split_between_cr_and_lf_is_not_a_bare_lf() -> None:
+    # aiosmtpd's recovery from an over-long command: read(consumed), then the tail.
+    owner = Owner()
+    reader = reader_with(b"NOOP " + b"x" * 100 + b"\r\nNOOP\r\n", owner, limit=16)
+    with pytest.raises(asyncio.LimitOverrunError):
+        await reader.readuntil()
+    await reader.read(106)  # "NOOP ", 100 octets and the CR: the line is cut before its LF
+    assert await reader.readuntil() == b"\n"
+    assert await reader.readuntil() == b"NOOP\r\n"
+    assert owner.events == []
+
+
+def test_ends_in_crlf() -> None:
+    assert ends_in_crlf(b"a\r\n")
+    assert not ends_in_crlf(b"a\n")
+    assert ends_in_crlf(b"\n", b"\r")
+    assert not ends_in_crlf(b"\n", b"x")
+
+
+# --- the private hooks arproxy.streams and arproxy.server override or call ---
+
+
+def test_aiosmtpd_hooks_are_still_there() -> None:
+    assert callable(SMTP._cb_client_connected)
+    assert callable(SMTP.eof_received)
+    assert SMTP.line_length_limit == 1001
+    assert "asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit)" in (
+        inspect.getsource(SMTP.__init__)
+    )
+    client = inspect.getsource(SMTP._handle_client)
+    assert "self._reader.readuntil()" in client
+    assert "self._handler_coroutine" in inspect.getsource(SMTP.connection_made)
+    assert "self._reader.readuntil(b'\\r\\n')" in inspect.getsource(SMTP.smtp_DATA)
+    assert "self._reader.readline()" in inspect.getsource(SMTP.challenge_auth)
+    starttls = inspect.getsource(SMTP.smtp_STARTTLS)
+    assert "self._tls_protocol = sslproto.SSLProtocol(" in starttls
+    # eof_received cancelling the session is what ArproxySMTP.eof_received replaces.
+    assert "self._handler_coroutine.cancel()" in inspect.getsource(SMTP.eof_received)
+    assert ArproxySMTP.eof_received is not SMTP.eof_received
+
+
+def test_asyncio_ssl_hooks_are_still_there() -> None:
+    for name in ("_start_shutdown", "_do_read", "_call_eof_received", "eof_received"):
+        assert callable(getattr(sslproto.SSLProtocol, name)), name
+    assert sslproto.SSLProtocolState.WRAPPED
+    transport_close = inspect.getsource(sslproto._SSLProtocolTransport.close)
+    assert "self._closed = True" in transport_close
+    assert "_start_shutdown()" in transport_close
+    read = inspect.getsource(sslproto.SSLProtocol._do_read__copied)
+    assert "self._call_eof_received()\n            self._start_shutdown()" in read
+    assert issubclass(HalfCloseSSLProtocol, sslproto.SSLProtocol)
+
+
+# --- the per-address connection limit counts sessions in progress ---
+
+
+class FakeSession:
+    """What count_client reads of an ArproxySMTP."""
+
+    def __init__(self, in_progress: bool, client_text: str) -> None:
+        self.in_progress = in_progress
+        self.client_text = client_text
+
+
+def test_sessions_answered_221_or_closing_do_not_count() -> None:
+    registry = SessionRegistry()
+    sessions: list[Any] = [
+        FakeSession(True, "192.0.2.1"),
+        FakeSession(False, "192.0.2.1"),  # answered 221, or closing
+        FakeSession(True, "192.0.2.2"),
+        FakeSession(True, "2001:db8::1"),
+        FakeSession(True, "2001:db8::2"),  # same /64
+    ]
+    registry.open.update(sessions)
+    assert registry.count_client("192.0.2.1") == 1
+    assert registry.count_client("2001:db8::99") == 2
+    config = parse_config("[limits]\nmax_connections_per_ip = 1", "t")
+    assert registry.refusal_for("192.0.2.1", config) is not None
+    assert registry.refusal_for("192.0.2.3", config) is None
+
+
+def test_line_length_counts_the_text_of_a_line() -> None:
+    # RFC 5321 section 4.5.3.1.6: 998 octets, CRLF (and a transparency dot, which
+    # aiosmtpd has removed by now) not counted.
+    assert not has_line_over(b"x" * 998 + b"\r\n" + b"." + b"x" * 997 + b"\r\n", 998)
+    assert has_line_over(b"a\r\n" + b"x" * 999 + b"\r\n", 998)
+    # Bare LF ends a line too: in "normalize" mode it becomes CRLF.
+    assert not has_line_over((b"x" * 600 + b"\n") * 3, 998)
+    assert not has_line_over(b"", 998)
