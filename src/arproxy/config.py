@@ -92,6 +92,8 @@ class DnsConfig:
 class ChecksConfig:
     iprev_max_names: int
     dkim_max_signatures: int
+    spf_threads: int  # pyspf evaluations at once per worker (they mostly wait on DNS)
+    dkim_threads: int  # DKIM hashing and RSA at once per worker (CPU)
     skip_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
@@ -143,6 +145,7 @@ class AuthConfig:
     users_file: Path | None  # None: SMTP AUTH is not offered
     allow_plaintext: bool
     max_failures: int
+    hash_threads: int  # argon2 checks at once per worker (64 MiB each)
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,8 @@ def _checks(t: _Table) -> ChecksConfig:
     return ChecksConfig(
         iprev_max_names=t.integer("iprev_max_names", 10, minimum=1),
         dkim_max_signatures=t.integer("dkim_max_signatures", 5, minimum=1),
+        spf_threads=t.integer("spf_threads", 32, minimum=1, maximum=1024),
+        dkim_threads=t.integer("dkim_threads", 4, minimum=1, maximum=256),
         skip_clients=t.networks("skip_clients"),
     )
 
@@ -338,6 +343,7 @@ def _auth(t: _Table) -> AuthConfig:
         users_file=t.path("users_file"),
         allow_plaintext=t.boolean("allow_plaintext", False),
         max_failures=t.integer("max_failures", 5, minimum=1),
+        hash_threads=t.integer("hash_threads", 4, minimum=1, maximum=256),
     )
 
 

@@ -35,6 +35,7 @@ from arproxy.replies import (
     ROUTING_DENIED,
     Reply,
 )
+from arproxy.resources import WorkerResources
 from arproxy.rewrite import ForgeryPolicy, rewrite_header
 from arproxy.trace import TraceInfo, received_field
 
@@ -57,13 +58,20 @@ class Pipeline:
     """Everything a transaction needs that outlives it; one per worker process."""
 
     def __init__(
-        self, config: Config, relay: Relay | None = None, resolver: Resolver | None = None
+        self,
+        config: Config,
+        relay: Relay | None = None,
+        resolver: Resolver | None = None,
+        *,
+        resources: WorkerResources | None = None,
     ) -> None:
-        """Build inside the running event loop: the resolver belongs to it."""
+        """Build inside the running event loop: the resolver belongs to it. `resources`
+        (the worker's, closed by whoever built them) are built here when not given."""
         self.config = config
         self.relay = relay or make_relay(config.relay, config.server.hostname)
-        self.resolver = resolver or Resolver.from_config(config.dns)
-        self.checks = configured_checks(config.checks)
+        self.resources = resources or WorkerResources.build(config, resolver=resolver)
+        self.resolver = self.resources.resolver
+        self.checks = configured_checks(config.checks, self.resources)
         self._background: set[asyncio.Future[None]] = set()
         self.intake_limits = IntakeLimits(
             bare_newline=config.limits.bare_newline,

@@ -1,6 +1,7 @@
 """The running service: listeners, signals, reload, drain.
 
-`serve` builds one worker's pipeline and security objects inside its event loop,
+`serve` builds one worker's resources (arproxy.resources), pipeline and security
+objects inside its event loop,
 opens the listeners (plain with STARTTLS, and optionally implicit TLS), reloads the
 certificate and users file on SIGHUP, and on SIGTERM stops accepting and drains.
 """
@@ -14,6 +15,7 @@ import signal
 from arproxy.config import Config, HostPort
 from arproxy.pipeline import Pipeline
 from arproxy.relay import CLOSE_TIMEOUT
+from arproxy.resources import WorkerResources
 from arproxy.server import SessionHandler, SessionRegistry, make_protocol_factory
 from arproxy.smtpauth import Authenticator
 from arproxy.streams import serve_tls
@@ -29,7 +31,9 @@ class StartupError(Exception):
     """A file named by the configuration cannot be used; the message says which."""
 
 
-def load_security(config: Config) -> tuple[Authenticator | None, ReloadableContext | None]:
+def load_security(
+    config: Config, resources: WorkerResources
+) -> tuple[Authenticator | None, ReloadableContext | None]:
     cert, key = config.tls.cert, config.tls.key
     fresh = (
         cert is not None
@@ -50,7 +54,9 @@ def load_security(config: Config) -> tuple[Authenticator | None, ReloadableConte
         users = UsersFile.load(config.auth.users_file) if config.auth.users_file else None
     except (TlsError, UsersFileError) as exc:
         raise StartupError(str(exc)) from exc
-    authenticator = Authenticator(users, config.auth.max_failures) if users else None
+    authenticator = (
+        Authenticator(users, resources.auth_limiter, resources.hash_pool) if users else None
+    )
     return authenticator, tls
 
 
@@ -74,8 +80,13 @@ async def serve(
 ) -> None:
     """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain."""
     loop = asyncio.get_running_loop()
-    authenticator, tls = load_security(config)
-    pipeline = Pipeline(config)
+    resources = WorkerResources.build(config)
+    try:
+        authenticator, tls = load_security(config, resources)
+    except StartupError:
+        await resources.close()
+        raise
+    pipeline = Pipeline(config, resources=resources)
     pipeline.relay.prepare()
     handler = SessionHandler(pipeline, authenticator, tls)
     registry = SessionRegistry()
@@ -103,7 +114,7 @@ async def serve(
     # RSET/QUIT to the downstream (each bounded by relay.CLOSE_TIMEOUT) for sessions
     # that ended in the drain; what is still running after that is cancelled.
     await pipeline.finish_background(timeout=3 * CLOSE_TIMEOUT)
-    await pipeline.resolver.close()
+    await resources.close()
     log.info("stopped")
 
 

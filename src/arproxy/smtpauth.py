@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from arproxy.ratelimit import TOO_MANY_FAILURES, AuthFailureLimiter
@@ -34,18 +35,23 @@ class AuthOutcome:
 
 
 class Authenticator:
-    """One per worker: the users file (swapped on reload) and the failure limiter."""
+    """One per worker: the users file (swapped on reload), the failure limiter and the
+    pool the password hashes run in, both from the worker's resources (arproxy.resources:
+    the limiter is per process today, though it must be shared across workers)."""
 
-    def __init__(self, users: UsersFile, max_failures: int) -> None:
+    def __init__(
+        self, users: UsersFile, limiter: AuthFailureLimiter, hash_pool: Executor | None = None
+    ) -> None:
         self.users = users
-        self.limiter = AuthFailureLimiter(max_failures=max_failures)
+        self.limiter = limiter
+        self.hash_pool = hash_pool
 
     async def authenticate(self, client_ip: str, login: bytes, password: bytes) -> AuthOutcome:
         user = _printable_user(login)
         if self.limiter.blocked(client_ip):
             log.warning("client=%s auth refused: too many failures", client_ip)
             return AuthOutcome(TOO_MANY_FAILURES, None, user, disconnect=True)
-        if user is not None and await self.users.verify(user, password):
+        if user is not None and await self.users.verify(user, password, pool=self.hash_pool):
             self.limiter.record_success(client_ip)
             log.info("client=%s auth ok user=%s", client_ip, user)
             return AuthOutcome(AUTH_SUCCESS, user, user)

@@ -4,7 +4,8 @@ One `user:hash` per line; `#` starts a comment line, blank lines are ignored. Th
 is an argon2id PHC string as written by argon2-cffi's `PasswordHasher` with its
 defaults: the RFC 9106 "second recommended" low-memory profile (64 MiB, t=3, p=4),
 about 0.1 s per check on one core. That cost is the point (it makes a stolen file
-expensive to attack), so checks run in a small thread pool, never on the event loop.
+expensive to attack), so checks run in a thread pool the caller passes (the worker's
+`resources.hash_pool`, `auth.hash_threads`), never on the event loop.
 
 Loading validates every line, hashes included, so a bad file is reported once, at
 load or reload time, naming file and line; `verify` itself never raises.
@@ -14,28 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import functools
 import getpass
 import re
 import secrets
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from arproxy.files import write_atomically
 
 MAX_USER_LENGTH = 256
-# Each argon2 check holds 64 MiB (with the default profile) for its duration: a
-# bounded pool caps that memory under a flood of AUTH attempts, and keeps the
-# loop's default executor (getaddrinfo, to_thread) free for everything else.
-VERIFY_THREADS = 4
 FILE_MODE = 0o600
 
 EXIT_OK = 0
@@ -48,7 +44,8 @@ EXIT_INTERRUPTED = 130
 _USER = re.compile(r"[!-9;-~]+")
 _B64 = r"[A-Za-z0-9+/]+"
 _ARGON2ID = re.compile(rf"\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$({_B64})\$({_B64})")
-_HASHER = PasswordHasher()
+# argon2-cffi's defaults (what `PasswordHasher()` uses): RFC 9106's low-memory profile.
+_PROFILE = profiles.RFC_9106_LOW_MEMORY
 
 
 class UsersFileError(Exception):
@@ -78,7 +75,11 @@ class _Cost:
 
 
 _DEFAULT_COST = _Cost(
-    _HASHER.memory_cost, _HASHER.time_cost, _HASHER.parallelism, _HASHER.salt_len, _HASHER.hash_len
+    _PROFILE.memory_cost,
+    _PROFILE.time_cost,
+    _PROFILE.parallelism,
+    _PROFILE.salt_len,
+    _PROFILE.hash_len,
 )
 
 
@@ -110,18 +111,21 @@ class UsersFile:
     def __contains__(self, user: object) -> bool:
         return user in self._hashes
 
-    async def verify(self, user: str | bytes, password: str | bytes) -> bool:
+    async def verify(
+        self, user: str | bytes, password: str | bytes, *, pool: Executor | None = None
+    ) -> bool:
         """Whether `password` is `user`'s; False for a wrong password or an unknown user.
 
         An unknown user is checked against a dummy hash of the same cost as the real
-        ones, so the time taken does not tell an attacker which users exist.
+        ones, so the time taken does not tell an attacker which users exist. The hash
+        runs in `pool` (the worker's `hash_pool`; None: the loop's default executor, for
+        tests and one-shot tools). Each check holds 64 MiB while it runs: a bounded pool
+        caps that memory under a flood of AUTH attempts.
         """
         name = _decode_user(user)
         stored = self._hashes.get(name) if name is not None else None
         loop = asyncio.get_running_loop()
-        matched = await loop.run_in_executor(
-            _verify_pool(), _matches, stored or self._dummy, password
-        )
+        matched = await loop.run_in_executor(pool, _matches, stored or self._dummy, password)
         return matched and stored is not None
 
 
@@ -182,7 +186,7 @@ def set_password(
     target = Path(path).resolve()  # a symlinked file is updated, not replaced by a file
     source = str(path)
     text = _read_text(source) if target.exists() else ""
-    entry = f"{user}:{(hasher or _HASHER).hash(password)}"
+    entry = f"{user}:{(hasher or PasswordHasher.from_parameters(_PROFILE)).hash(password)}"
     try:
         _write_atomically(target, _with_entry(text, user, entry))
     except OSError as exc:
@@ -332,11 +336,7 @@ def _decode_user(user: str | bytes) -> str | None:
 
 def _matches(stored: str, password: str | bytes) -> bool:
     try:
-        return _HASHER.verify(stored, password)
+        # The parameters come from `stored` itself; the hasher's own are not used.
+        return PasswordHasher.from_parameters(_PROFILE).verify(stored, password)
     except (VerificationError, InvalidHashError):
         return False
-
-
-@functools.cache
-def _verify_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="arproxy-argon2")

@@ -1,17 +1,19 @@
 """What every check shares: the immutable context it reads, the result it returns.
 
-A check is a module with one coroutine, `check(ctx, dns) -> tuple[MethodResult, ...]`,
-and a `STAGE` saying from which SMTP stage on its inputs exist, so the runner can
-start it as early as possible. Results stay typed values until the formatter writes
-them (`to_resinfo`); nothing is built from free-form strings.
+A check is a coroutine, `check(ctx, dns) -> tuple[MethodResult, ...]`, declared as a
+`Check` with the SMTP stage from which its inputs exist, so the runner can start it as
+early as possible. DNS is passed in; a thread pool a check needs is bound by the runner
+from the worker's resources (arproxy.resources), never created by the check. Results
+stay typed values until the formatter writes them (`to_resinfo`); nothing is built from
+free-form strings.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from arproxy.authres import ResInfo
 from arproxy.dns import Resolver
@@ -52,6 +54,49 @@ class MethodResult(Protocol):
     def to_resinfo(self) -> ResInfo: ...
 
 
+# RFC 7489 section 6.3 p=/sp= values: what a DMARC domain asks for failing mail.
+Disposition = Literal["none", "quarantine", "reject"]
+
+
+@runtime_checkable
+class SpfOutcome(Protocol):
+    """What DMARC reads of an SPF result (checks/spf), without importing it."""
+
+    @property
+    def value(self) -> Value: ...
+
+    @property
+    def identity(self) -> str: ...  # "helo" or "mailfrom"
+
+    @property
+    def domain(self) -> str | None: ...
+
+
+@runtime_checkable
+class DkimOutcome(Protocol):
+    """What DMARC reads of a DKIM result (checks/dkim): the d= of each signature."""
+
+    @property
+    def value(self) -> Value: ...
+
+    @property
+    def domain(self) -> str | None: ...
+
+
+@runtime_checkable
+class DmarcOutcome(Protocol):
+    """What local policy (arproxy.policy) reads of a DMARC result (checks/dmarc)."""
+
+    @property
+    def value(self) -> Value: ...
+
+    @property
+    def from_domain(self) -> str | None: ...
+
+    @property
+    def policy(self) -> Disposition | None: ...  # after pct= sampling
+
+
 @dataclass(frozen=True)
 class CheckContext:
     """What is known about the transaction when a check starts. Never mutated:
@@ -70,6 +115,8 @@ class CheckContext:
 
 
 CheckFunction = Callable[[CheckContext, Resolver], Awaitable[tuple[MethodResult, ...]]]
+# All of one method's results for a message in, the ones to report out.
+MergeFunction = Callable[[Sequence[MethodResult]], tuple[MethodResult, ...]]
 
 
 @dataclass(frozen=True)
@@ -86,3 +133,7 @@ class Check:
     # raise again, so permerror (RFC 8601 section 2.7), never on_timeout's temperror. None:
     # the check reads no content, a crash is a bug, reported as on_timeout.
     on_crash: Callable[[CheckContext], tuple[MethodResult, ...]] | None = None
+    # Which of this method's results the field carries, when several checks of the method
+    # ran (SPF: HELO and MAIL FROM, RFC 8601 section 4); None keeps them all. The method's
+    # rule, declared by its check: the runner only applies it.
+    merge: MergeFunction | None = None

@@ -22,6 +22,7 @@ from arproxy.checks import auth, dkim, dmarc, iprev, spf
 from arproxy.checks.base import Check, CheckContext, MethodResult, Stage
 from arproxy.config import ChecksConfig
 from arproxy.dns import Resolver
+from arproxy.resources import WorkerResources
 
 log = logging.getLogger("arproxy.checks")
 
@@ -29,15 +30,26 @@ log = logging.getLogger("arproxy.checks")
 METHOD_ORDER = ("auth", "iprev", "spf", "dkim", "dmarc")
 
 
-def configured_checks(config: ChecksConfig) -> tuple[Check, ...]:
+def configured_checks(
+    config: ChecksConfig, resources: WorkerResources | None = None
+) -> tuple[Check, ...]:
+    """The checks with their settings and the worker's thread pools bound (None: the
+    loop's default executor, for tests and one-shot tools)."""
+    spf_pool = resources.spf_pool if resources else None
+    dkim_pool = resources.dkim_pool if resources else None
     return (
         dataclasses.replace(
             iprev.CHECK, run=functools.partial(iprev.check_iprev, max_names=config.iprev_max_names)
         ),
-        spf.HELO_CHECK,
-        spf.MAILFROM_CHECK,
+        dataclasses.replace(spf.HELO_CHECK, run=functools.partial(spf.check_helo, pool=spf_pool)),
         dataclasses.replace(
-            dkim.CHECK, run=functools.partial(dkim.check, max_signatures=config.dkim_max_signatures)
+            spf.MAILFROM_CHECK, run=functools.partial(spf.check_mailfrom, pool=spf_pool)
+        ),
+        dataclasses.replace(
+            dkim.CHECK,
+            run=functools.partial(
+                dkim.check, max_signatures=config.dkim_max_signatures, pool=dkim_pool
+            ),
         ),
         auth.CHECK,
         dmarc.CHECK,
@@ -161,8 +173,8 @@ class SessionChecks:
                 for running in (*earlier, *data)
                 for result in running.outcome(cancel_if_running=running not in session_runs)
             ]
-            # DMARC sees the SPF result we report, the one for the identity that counts.
-            final_ctx = dataclasses.replace(ctx, prior=ordered(results))
+            # DMARC sees the results we report (each method's merge applied).
+            final_ctx = dataclasses.replace(ctx, prior=ordered(results, self.checks))
             after = self._start(Stage.AFTER_CHECKS, final_ctx)
             await _wait(after, deadline - loop.time())
             results += [result for running in after for result in running.outcome()]
@@ -172,7 +184,7 @@ class SessionChecks:
             _cancel(data)
             _cancel(after)
             self.reset_transaction()
-        return ordered(results)
+        return ordered(results, self.checks)
 
     def close(self) -> None:
         self.reset_transaction()
@@ -181,16 +193,13 @@ class SessionChecks:
         self._session.clear()
 
 
-def ordered(results: Sequence[MethodResult]) -> tuple[MethodResult, ...]:
-    """One SPF result (the identity that yielded it), methods in METHOD_ORDER."""
-    spf_helo = next(
-        (r for r in results if isinstance(r, spf.SpfResult) and r.identity == "helo"), None
-    )
-    spf_mail = next(
-        (r for r in results if isinstance(r, spf.SpfResult) and r.identity == "mailfrom"), None
-    )
-    chosen_spf = spf.reported(spf_helo, spf_mail)
-    kept = [r for r in results if r.method != "spf" or r is chosen_spf]
+def ordered(results: Sequence[MethodResult], checks: Sequence[Check]) -> tuple[MethodResult, ...]:
+    """The results to report: each method's `merge` (declared by its checks) applied,
+    methods in METHOD_ORDER, a method's results in the order they were given."""
+    merges = {check.method: check.merge for check in checks if check.merge is not None}
+    kept = [r for r in results if r.method not in merges]
+    for method, merge in merges.items():
+        kept += merge([r for r in results if r.method == method])
     return tuple(sorted(kept, key=lambda r: _rank(r.method)))
 
 

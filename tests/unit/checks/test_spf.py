@@ -11,6 +11,7 @@ import itertools
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -19,7 +20,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from arproxy.authres import AuthenticationResults, ResInfo, format_field, parse
-from arproxy.checks import spf as spf_check
 from arproxy.checks.base import CheckContext, Value
 from arproxy.checks.spf import (
     HELO_CHECK,
@@ -35,6 +35,7 @@ from arproxy.checks.spf import (
     reported,
     spf_value,
 )
+from arproxy.checks.spf import bridge as spf_bridge
 from arproxy.config import HostPort
 from arproxy.dns import Lookup, Resolver
 
@@ -241,7 +242,7 @@ def test_ptr_hook_is_called(dns_server: KnotServer, monkeypatch: pytest.MonkeyPa
     """pyspf must call `validated_ptrs` for ptr (our override of it is the section 5.5 fix);
     if a pyspf release stops doing so, this fails."""
     calls: list[str] = []
-    original = spf_check._Query.validated_ptrs
+    original = spf_bridge._Query.validated_ptrs
 
     def counting(self: Any) -> list[str]:
         calls.append(self.i)
@@ -249,7 +250,7 @@ def test_ptr_hook_is_called(dns_server: KnotServer, monkeypatch: pytest.MonkeyPa
         return result
 
     assert "validated_ptrs" in vars(spf.query)
-    monkeypatch.setattr(spf_check._Query, "validated_ptrs", counting)
+    monkeypatch.setattr(spf_bridge._Query, "validated_ptrs", counting)
     assert one_value(dns_server.port, "127.0.0.10", "a@ptrskip.spf-results.test") is Value.PASS
     assert calls == ["127.0.0.10"]
 
@@ -488,7 +489,7 @@ def test_worker_ends_as_temperror_when_its_event_loop_goes_away(
         finally:
             finished.set()
 
-    monkeypatch.setattr(spf_check, "evaluate_blocking", recording)
+    monkeypatch.setattr(spf_bridge, "evaluate_blocking", recording)
 
     async def abandon() -> None:
         # The loop ends (asyncio.run cancels what is left, then closes) while the worker
@@ -519,10 +520,14 @@ def test_event_loop_keeps_running_while_pyspf_works(dns_server: KnotServer) -> N
 
         ticking = asyncio.create_task(ticker())
         ctx = CheckContext(client_ip=GOOD, helo="x.test", mail_from="a@c2.spf-limits.test")
+        pool = ThreadPoolExecutor(2, thread_name_prefix="arproxy-spf")
         try:
-            (result,) = await check_mailfrom(ctx, resolver)
+            (result,) = await check_mailfrom(ctx, resolver, pool=pool)
+            # pyspf ran in the pool it was given, not on the loop's thread.
+            assert any(t.name.startswith("arproxy-spf") for t in threading.enumerate())
         finally:
             ticking.cancel()
+            pool.shutdown(wait=False)
             await resolver.close()
         return result, ticks
 
@@ -531,13 +536,18 @@ def test_event_loop_keeps_running_while_pyspf_works(dns_server: KnotServer) -> N
     assert len(ticks) > 50
     # pyspf blocking the loop would stall it for all 11 queries (~0.55 s).
     assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.25
-    assert any(t.name.startswith("arproxy-spf") for t in threading.enumerate())
 
 
-def test_pyspf_outside_our_worker_does_no_dns_of_its_own() -> None:
-    query = spf.query(i=GOOD, s="alice@sender.test", h="mail.sender.test", strict=True)
+def test_our_query_without_a_bridge_does_no_dns_of_its_own() -> None:
+    """Our pyspf query asks only its bridge: without one it refuses (temperror) rather
+    than fall back to pyspf's blocking DNS, and pyspf's global lookup stays pyspf's."""
+    original = spf.DNSLookup
+    query = spf_bridge._Query(
+        None, i=GOOD, s="alice@sender.test", h="mail.sender.test", strict=True
+    )
     outcome, _code, _explanation = query.check()
     assert outcome == "temperror"
+    assert spf.DNSLookup is original
 
 
 # --- on_timeout ----------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""DKIM key fetching and judging: the key record of a signature, through our resolver,
+judged by RFC 6376 sections 3.6.1 and 6.1.2 and RFC 8301 before dkimpy sees it.
+
+Keys are fetched before dkimpy runs (all signatures' keys at once); dkimpy's `dnsfunc`
+then only replays the outcome (checks.dkim.dkimpy).
+"""
+
+from __future__ import annotations
+
+import re
+
+import dkim
+
+from arproxy import names
+from arproxy.checks.base import Value
+from arproxy.checks.dkim.types import (
+    DKIMPY_INPUT_ERRORS,
+    Key,
+    KeyQuery,
+    Unverifiable,
+    parse_tags,
+)
+from arproxy.dns import Resolver, Status
+
+MIN_RSA_BITS = 1024  # RFC 8301 section 3.2: smaller keys MUST NOT be considered valid
+_WHITESPACE = re.compile(rb"\s+")
+
+
+def key_name(tags: dict[bytes, bytes]) -> str | None:
+    """<s>._domainkey.<d> (RFC 6376 section 3.6.2.1) as a lower-case ASCII DNS name
+    (U-labels converted), or None if it is not a valid one."""
+    try:
+        name = f"{tags[b's'].decode()}._domainkey.{tags[b'd'].decode()}"
+    except UnicodeError:
+        return None
+    return names.idna2003_host_name(name, min_labels=1, underscores=True)
+
+
+async def key_for(dns: Resolver, query: KeyQuery | Unverifiable) -> Key | Unverifiable:
+    """The signature's key through our resolver, judged by RFC 6376 6.1.2 and RFC 8301;
+    a signature that failed the early checks gets its problem back, with no lookup."""
+    if isinstance(query, Unverifiable):
+        return query
+    lookup = await dns.lookup(query.name, "TXT")
+    if lookup.status is Status.TEMPFAIL:
+        # RFC 6376 6.1.2: TEMPFAIL (key unavailable); RFC 8601 2.7.1 temperror.
+        return Unverifiable(Value.TEMPERROR, "key lookup failed temporarily")
+    records = lookup.texts()
+    if not records:
+        # NXDOMAIN or NODATA. RFC 6376 6.1.2: "MUST immediately return PERMFAIL (no key for
+        # signature)"; RFC 8601 2.7.1 permerror: "could not be verified due to some error
+        # that is unrecoverable".
+        return Unverifiable(Value.PERMERROR, "no key for signature")
+    # Several records: RFC 6376 6.1.2 leaves the choice to us; the first usable one wins,
+    # and if none is usable, the first one's problem is reported.
+    problems: list[Unverifiable] = []
+    for record in records:
+        try:
+            return judge_key(record, query.tags)
+        except Unverifiable as problem:
+            problems.append(problem)
+    return problems[0]
+
+
+def judge_key(record: bytes, sig_tags: dict[bytes, bytes]) -> Key:
+    """A usable key from one TXT record, or Unverifiable (always permerror) saying why."""
+    tags = parse_tags(record)
+    if tags is None:
+        raise Unverifiable(Value.PERMERROR, "key syntax error")
+    version = tags.get(b"v")
+    if version is not None and (version != b"DKIM1" or next(iter(tags)) != b"v"):
+        # RFC 6376 3.6.1: v= if present MUST be DKIM1 and the first tag; 6.1.2: MUST
+        # ignore keys with a version they do not implement.
+        raise Unverifiable(Value.PERMERROR, "key syntax error")
+    if b"p" not in tags:
+        raise Unverifiable(Value.PERMERROR, "key syntax error")
+    public_key = _WHITESPACE.sub(b"", tags[b"p"])
+    if not public_key:
+        # RFC 6376 3.6.1: "An empty value means that this public key has been revoked";
+        # 6.1.2: PERMFAIL (key revoked), and "there is no defined semantic difference
+        # between a key that has been revoked and a key record that has been removed",
+        # so the same permerror as a missing key, with its own reason.
+        raise Unverifiable(Value.PERMERROR, "key revoked")
+    key_type = tags.get(b"k", b"rsa")
+    sig_key_type, _, sig_hash = sig_tags[b"a"].partition(b"-")
+    if key_type != sig_key_type:
+        # RFC 6376 6.1.2: PERMFAIL (inappropriate key algorithm).
+        raise Unverifiable(Value.PERMERROR, "inappropriate key algorithm")
+    if b"h" in tags and sig_hash not in _tag_list(tags[b"h"]):
+        # RFC 6376 6.1.2: PERMFAIL (inappropriate hash algorithm).
+        raise Unverifiable(Value.PERMERROR, "inappropriate hash algorithm")
+    if b"s" in tags and not {b"*", b"email"} & _tag_list(tags[b"s"]):
+        # RFC 6376 3.6.1 s=: a colon-separated list of service types; without "email" or
+        # "*" the key is not for mail. (dkimpy reads s= as a single value, so it never
+        # sees this tag: the record we hand it holds only k= and p=.)
+        raise Unverifiable(Value.PERMERROR, "key not for e-mail")
+    if b"s" in _tag_list(tags.get(b"t", b"")) and not _identity_domain_is_d(sig_tags):
+        # RFC 6376 3.6.1 t=s: the i= domain MUST NOT be a subdomain of d=.
+        raise Unverifiable(Value.PERMERROR, "i= domain not allowed by key (t=s)")
+    clean_record = b"k=" + key_type + b"; p=" + public_key
+    keysize = _keysize(clean_record)
+    if key_type == b"rsa" and keysize < MIN_RSA_BITS:
+        # RFC 8301 section 3.2: keys under 1024 bits MUST NOT be considered valid.
+        raise Unverifiable(Value.PERMERROR, "key too small")
+    return Key(clean_record, keysize)
+
+
+def _keysize(record: bytes) -> int:
+    """The key's size in bits as dkimpy parses it; Unverifiable if it cannot."""
+    try:
+        _, keysize, _, _ = dkim.evaluate_pk(b"", record)
+    except dkim.NaClNotFoundError as exc:
+        # RFC 8463 requires Ed25519 of verifiers; dkimpy needs pynacl for it.
+        raise Unverifiable(Value.PERMERROR, "ed25519 not supported") from exc
+    except DKIMPY_INPUT_ERRORS as exc:
+        # RFC 6376 6.1.2: PERMFAIL (key syntax error).
+        raise Unverifiable(Value.PERMERROR, "key syntax error") from exc
+    return int(keysize)
+
+
+def _tag_list(value: bytes) -> set[bytes]:
+    return {item.strip().lower() for item in value.split(b":")}
+
+
+def _identity_domain_is_d(sig_tags: dict[bytes, bytes]) -> bool:
+    identity = sig_tags.get(b"i")
+    if identity is None:
+        return True  # RFC 6376 6.1.1: no i= means "@d"
+    return identity.rpartition(b"@")[2].lower() == sig_tags[b"d"].lower()

@@ -1,0 +1,92 @@
+"""What one worker process owns: thread pools, the resolver and its cache, the AUTH limiter.
+
+Nothing in arproxy is created at import time: `WorkerResources.build` makes these objects
+inside the running event loop (the resolver belongs to that loop), `serve` passes them
+down (pipeline, runner, checks, authenticator), and `close` releases them at shutdown.
+`arproxy check` and the benchmarks build the same object, so they run what the server runs.
+
+State: per worker or shared
+---------------------------
+With N worker processes (and M instances behind a load balancer), each piece of state is
+either private to one worker or must be the same for all of them. The table is also in
+README.md ("State: per worker, shared").
+
+=========================  ==========================  ==========  ==============================
+State                      Lives in                    Scope       Why
+=========================  ==========================  ==========  ==============================
+DNS cache, in-flight       `resources.resolver`        per worker  a cache: a miss costs one
+queries                    (dns.Resolver)                          query, never a wrong answer
+SPF / DKIM / argon2        `resources.spf_pool`,       per worker  CPU and threads are the
+thread pools               `dkim_pool`, `hash_pool`                process's own
+AUTH failure limiter       `resources.auth_limiter`    MUST BE     per worker, a guesser gets
+                           (ratelimit)                 SHARED      N x M x max_failures tries
+per-IP connection counts   server.SessionRegistry      MUST BE     per worker, one client gets
+                                                       SHARED      N x M x max_connections_per_ip
+total connection count     server.SessionRegistry      per worker  protects this process's
+                                                                   memory and descriptors
+TLS context, users file    service (reloaded by each   per worker  read-only copies of files;
+                           worker on SIGHUP)                       each worker reloads its own
+queue-id generator         pipeline.new_queue_id       per worker  80 random bits: unique
+                           (secrets, no state)                     without coordination
+Maildir sequence           relay.MaildirRelay          per worker  the file name holds the pid
+metrics registry (future)  resources                   per worker  scraped per worker, summed
+                                                                   by the collector
+=========================  ==========================  ==========  ==============================
+
+Today the two shared rows are per process: run one worker per instance until issue 10
+moves them to a shared store (Redis), not to a home-made protocol between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from arproxy.config import Config
+from arproxy.dns import Resolver
+from arproxy.ratelimit import AuthFailureLimiter
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """The long-lived objects of one worker process; see the module docstring's table.
+
+    `spf_pool` runs pyspf evaluations (blocking, DNS-bound: `checks.spf_threads`),
+    `dkim_pool` DKIM hashing and RSA (CPU: `checks.dkim_threads`), `hash_pool` argon2
+    password checks (CPU and 64 MiB each: `auth.hash_threads`). A pool starts its
+    threads on first use, so a pool nobody uses costs nothing.
+    """
+
+    resolver: Resolver
+    spf_pool: ThreadPoolExecutor
+    dkim_pool: ThreadPoolExecutor
+    hash_pool: ThreadPoolExecutor
+    auth_limiter: AuthFailureLimiter
+
+    @classmethod
+    def build(cls, config: Config, *, resolver: Resolver | None = None) -> WorkerResources:
+        """Make the worker's resources; call inside the running event loop.
+
+        `resolver` replaces the one `config.dns` describes (tests, `arproxy check
+        --nameserver`). Raises RuntimeError outside a running loop.
+        """
+        asyncio.get_running_loop()  # the resolver is bound to the loop that builds it
+        return cls(
+            resolver=resolver or Resolver.from_config(config.dns),
+            spf_pool=ThreadPoolExecutor(config.checks.spf_threads, "arproxy-spf"),
+            dkim_pool=ThreadPoolExecutor(config.checks.dkim_threads, "arproxy-dkim"),
+            hash_pool=ThreadPoolExecutor(config.auth.hash_threads, "arproxy-argon2"),
+            auth_limiter=AuthFailureLimiter(max_failures=config.auth.max_failures),
+        )
+
+    async def close(self) -> None:
+        """Release everything: queued pool work is cancelled, the resolver closed.
+
+        Running pool work is not waited for: a pyspf evaluation whose loop is gone ends
+        at its next query (checks.spf.bridge), a hash or DKIM verification within
+        seconds, and nobody awaits their results any more.
+        """
+        for pool in (self.spf_pool, self.dkim_pool, self.hash_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+        await self.resolver.close()
