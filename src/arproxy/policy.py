@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from arproxy.checks.base import MethodResult, Value
-from arproxy.checks.dmarc import DmarcResult
+from arproxy.checks.base import DmarcOutcome, MethodResult, Value
 from arproxy.config import PolicyConfig
 from arproxy.replies import Reply
 
@@ -102,7 +101,7 @@ def _refusal(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict |
     dmarc = by_method.get("dmarc")
     if (
         config.reject_dmarc
-        and isinstance(dmarc, DmarcResult)
+        and isinstance(dmarc, DmarcOutcome)
         and dmarc.value is Value.FAIL
         and dmarc.policy == "reject"  # the disposition after pct= sampling
     ):
