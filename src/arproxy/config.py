@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from arproxy.names import is_host_name
+
 EMBEDDED_DEFAULT = "<embedded default>"
 
 
@@ -383,11 +385,10 @@ def split_host_port(text: str, default_port: int | None = None) -> HostPort:
     return HostPort(host, port)
 
 
-# A DNS name as RFC 1123 allows it: letters, digits, hyphens, dot-separated labels.
-_DOMAIN = re.compile(
-    r"(?=.{1,253}\.?$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
-)
+def _is_domain(text: str) -> bool:
+    """A DNS name as RFC 1123 allows it (arproxy.names), a trailing dot allowed."""
+    return is_host_name(text.removesuffix("."))
+
 
 T = TypeVar("T")
 
@@ -477,7 +478,7 @@ class _Table:
         value = self.string(key, None)
         if value is None:
             return default
-        if not _DOMAIN.fullmatch(value):
+        if not _is_domain(value):
             raise self.error(key, f"{value!r} is not a domain name")
         return value
 
@@ -487,7 +488,7 @@ class _Table:
         names = self.str_list(key, default)
         for name in names:
             bare = name[1:] if allow_leading_dot and name.startswith(".") else name
-            if not _DOMAIN.fullmatch(bare):
+            if not _is_domain(bare):
                 raise self.error(key, f"{name!r} is not a domain name")
         return tuple(name.lower().rstrip(".") for name in names)
 

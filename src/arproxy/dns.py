@@ -45,6 +45,7 @@ import dns.resolver
 import pycares
 
 from arproxy.config import DnsConfig, HostPort
+from arproxy.names import MAX_LABEL_OCTETS, MAX_NAME_OCTETS
 
 log = logging.getLogger("arproxy.dns")
 
@@ -57,8 +58,6 @@ MAX_TTL = 86400  # answers are re-asked at least daily whatever their TTL says
 SUPPORTED_TYPES = ("A", "AAAA", "PTR", "TXT", "MX", "CNAME")
 # RFC 1035 section 2.3.4: 63 octets a label, 255 a name on the wire (253 in text, without
 # the length octet of the first label and the root).
-MAX_LABEL_OCTETS = 63
-MAX_NAME_OCTETS = 253
 # What c-ares sends as written: letters, digits, "-" and "_" (c-ares reads "\" as an
 # escape and refuses most other characters). Every other name goes through dnspython.
 _C_ARES_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
+from arproxy import names
 from arproxy.replies import Reply
 
 AUTH_INVALID = Reply.of(535, "5.7.8", "Authentication credentials invalid")
@@ -141,10 +142,9 @@ def client_key(ip: str | IPv4Address | IPv6Address) -> ClientKey:
             return ip
     else:
         address = ip
+    address = names.unmapped(address)  # RFC 4291 section 2.5.5.2: it is the IPv4 address
     if isinstance(address, IPv4Address):
         return address
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
     # From the integer, so a zone index ("fe80::1%eth0") does not split the count.
     prefix = int(address) >> (128 - _IPV6_PREFIX) << (128 - _IPV6_PREFIX)
     return IPv6Network((prefix, _IPV6_PREFIX))

@@ -7,16 +7,13 @@ a hostile value can never add a field or a line to the header.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
-_LDH_DOMAIN = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
+from arproxy import names
+
 # A mailbox we are willing to echo in "for <...>": printable ASCII, no angle
 # brackets or whitespace, nothing that could close the path or fold the line.
 _SAFE_MAILBOX = re.compile(r"[!#-;=?-~]{1,254}@[A-Za-z0-9.\-\[\]:]{1,255}")
@@ -37,41 +34,15 @@ class TraceInfo:
 
 
 def address_literal(ip: str) -> str:
-    parsed = ipaddress.ip_address(ip)
-    return f"[IPv6:{parsed.compressed}]" if parsed.version == 6 else f"[{parsed}]"
+    """The client address as an RFC 5321 section 4.1.3 address literal."""
+    return names.format_address_literal(ip)
 
 
 def helo_is_presentable(helo: str | None) -> bool:
     """A HELO argument that RFC 5321's Domain or address-literal grammar accepts."""
     if not helo:
         return False
-    if _LDH_DOMAIN.fullmatch(helo):
-        return True
-    if helo.startswith("[") and helo.endswith("]"):
-        return _is_address_literal_body(helo[1:-1])
-    return False
-
-
-def _is_address_literal_body(inner: str) -> bool:
-    """RFC 5321 section 4.1.3: ``IPv4-address-literal`` is the bare dotted quad;
-    ``IPv6-address-literal`` is ``"IPv6:" IPv6-addr`` (the tag is an ABNF string, so
-    case-insensitive, RFC 5234 section 2.3). An IPv6 address without the tag, an IPv4
-    address behind it, and a zone index (``%eth0``, in no RFC 5321 form) are not literals.
-    """
-    tag, colon, rest = inner.partition(":")
-    if colon and tag.lower() == "ipv6":
-        return _parses_as(rest, ipaddress.IPv6Address)
-    return _parses_as(inner, ipaddress.IPv4Address)
-
-
-def _parses_as(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
-    if "%" in text:  # Python accepts a scope id ("fe80::1%eth0"); RFC 5321 has none
-        return False
-    try:
-        kind(text)
-    except ValueError:
-        return False
-    return True
+    return names.is_host_name(helo) or names.parse_address_literal(helo) is not None
 
 
 def protocol_name(info: TraceInfo) -> str:

@@ -84,11 +84,8 @@ class DkimOutcome(Protocol):
 
 
 @runtime_checkable
-class DmarcOutcome(Protocol):
+class DmarcOutcome(MethodResult, Protocol):
     """What local policy (arproxy.policy) reads of a DMARC result (checks/dmarc)."""
-
-    @property
-    def value(self) -> Value: ...
 
     @property
     def from_domain(self) -> str | None: ...

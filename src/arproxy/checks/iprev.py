@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 from dataclasses import dataclass
 
+from arproxy import names
 from arproxy.authres import Property, ResInfo
 from arproxy.checks.base import Check, CheckContext, Stage, Value
 from arproxy.dns import Lookup, Resolver, Status, reverse_name
 
 DEFAULT_MAX_NAMES = 10
-# A PTR name is written in a comment only when it is a plain host name: the reverse
-# zone belongs to whoever holds the address, not to us.
-_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,9 @@ class IprevResult:
     method = "iprev"
 
     def to_resinfo(self) -> ResInfo:
-        comment = self.name if self.name and _HOST_NAME.fullmatch(self.name) else None
+        # A PTR name is written in a comment only when it is a plain host name (RFC 1123
+        # section 2.1): the reverse zone belongs to whoever holds the address, not to us.
+        comment = self.name if self.name and names.is_host_name(self.name) else None
         return ResInfo(
             method="iprev",
             result=self.value.value,
@@ -42,10 +41,7 @@ class IprevResult:
 
 def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The client address, an IPv4-mapped IPv6 address taken as the IPv4 it is."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return names.client_address(ip)
 
 
 async def check_iprev(
