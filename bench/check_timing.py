@@ -26,6 +26,7 @@ from tests.dnsserver import KnotServer  # noqa: E402
 from arproxy.checks.runner import SessionChecks, configured_checks  # noqa: E402
 from arproxy.config import HostPort, parse_config  # noqa: E402
 from arproxy.dns import Resolver  # noqa: E402
+from arproxy.resources import WorkerResources  # noqa: E402
 
 KEY = (REPO / "tests" / "fixtures" / "keys" / "rsa2048.pem").read_bytes()
 MESSAGE = (
@@ -35,10 +36,13 @@ MESSAGE = (
 SIGNED = dkim.sign(MESSAGE, b"s2048", b"sender.test", KEY) + MESSAGE
 
 
-async def one_message(resolver: Resolver) -> tuple[float, str]:
-    checks = configured_checks(parse_config("", "bench").checks)
+CONFIG = parse_config("", "bench")
+
+
+async def one_message(resources: WorkerResources) -> tuple[float, str]:
+    checks = configured_checks(CONFIG.checks, resources)
     started = time.perf_counter()
-    session = SessionChecks(resolver, checks, "127.0.0.2")
+    session = SessionChecks(resources.resolver, checks, "127.0.0.2")
     session.on_connect()
     session.on_helo("mail.sender.test")
     session.on_mail("alice@sender.test")
@@ -52,17 +56,19 @@ async def measure(server: KnotServer, repeat: int) -> None:
     address = [HostPort("127.0.0.1", server.port)]
     cold = []
     for _ in range(repeat):
-        resolver = Resolver(address, timeout=2.0)
-        elapsed, outcome = await one_message(resolver)
+        # A worker's resources, as `serve` builds them; a fresh resolver: a cold cache.
+        cold_resources = WorkerResources.build(CONFIG, resolver=Resolver(address, timeout=2.0))
+        elapsed, outcome = await one_message(cold_resources)
         cold.append(elapsed)
-        queries = resolver.queries_sent
-        await resolver.close()
-    warm_resolver = Resolver(address, timeout=2.0)
-    await one_message(warm_resolver)
+        queries = cold_resources.resolver.queries_sent
+        await cold_resources.close()
+    warm_resources = WorkerResources.build(CONFIG, resolver=Resolver(address, timeout=2.0))
+    warm_resolver = warm_resources.resolver
+    await one_message(warm_resources)
     sent_before = warm_resolver.queries_sent
-    warm = [(await one_message(warm_resolver))[0] for _ in range(repeat)]
+    warm = [(await one_message(warm_resources))[0] for _ in range(repeat)]
     warm_queries = (warm_resolver.queries_sent - sent_before) / repeat
-    await warm_resolver.close()
+    await warm_resources.close()
     print(f"results: {outcome}")
     print(
         f"cold cache: median {statistics.median(cold) * 1000:.2f} ms "

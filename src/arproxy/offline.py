@@ -18,6 +18,7 @@ from arproxy.checks.runner import SessionChecks, configured_checks
 from arproxy.config import Config, HostPort, split_host_port
 from arproxy.dns import Resolver
 from arproxy.pipeline import format_results
+from arproxy.resources import WorkerResources
 
 
 class UsageError(ValueError):
@@ -62,7 +63,9 @@ def to_crlf(message: bytes) -> bytes:
 
 async def check_message(config: Config, request: OfflineRequest) -> str:
     resolver = Resolver(request.nameservers or config.dns.nameservers, config.dns.timeout)
-    checks = configured_checks(config.checks)
+    # The same worker resources `serve` builds (pools, resolver), closed when done.
+    resources = WorkerResources.build(config, resolver=resolver)
+    checks = configured_checks(config.checks, resources)
     if request.client_ip is None:
         # Without the client's address there is nothing to check at connect, HELO
         # or MAIL: run only what the message itself carries.
@@ -79,5 +82,5 @@ async def check_message(config: Config, request: OfflineRequest) -> str:
         results = await session.collect(request.message, config.dns.message_budget)
     finally:
         session.close()
-        await resolver.close()
+        await resources.close()
     return format_results(config.server.authserv_id, results)

@@ -10,6 +10,7 @@ message and retries: nothing is acknowledged that was not handed on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -354,6 +355,12 @@ class MaildirRelay:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # The Maildir spec's per-process delivery sequence (the Q part of a file name);
+        # the relay is one per worker process, and the name also holds the pid.
+        self._sequence = itertools.count(1)
+
+    def next_sequence(self) -> int:
+        return next(self._sequence)
 
     def prepare(self) -> None:
         for sub in ("tmp", "new", "cur"):
@@ -373,7 +380,7 @@ class _MaildirDelivery:
 
     async def send(self, message: bytes) -> Reply:
         try:
-            name = write_maildir(self.relay.root, message)
+            name = write_maildir(self.relay.root, message, self.relay.next_sequence())
         except OSError as exc:
             log.error("maildir %s: cannot deliver: %s", self.relay.root, exc)
             return Reply.of(451, "4.3.0", "Mailbox unavailable, try again later")
@@ -383,21 +390,19 @@ class _MaildirDelivery:
         return None
 
 
-_counter = 0
-
-
-def write_maildir(root: Path, message: bytes) -> str:
+def write_maildir(root: Path, message: bytes, sequence: int) -> str:
     """Deliver `message` into the Maildir at `root`; returns the file name.
+
+    `sequence` is the delivery's number in this process (the name's Q part): with the
+    time and the pid it makes the name unique.
 
     The file is written and fsync'ed under tmp/ and then renamed into new/, so a
     reader never sees a partial message and a crash leaves at most a tmp/ file.
     A synchronous write is acceptable here: the Maildir is the demo and test
     downstream, not the path a production deployment takes.
     """
-    global _counter  # noqa: PLW0603  # a per-process sequence, as the Maildir spec asks
-    _counter += 1
     now = time.time()
-    unique = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{_counter}"
+    unique = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{sequence}"
     name = f"{unique}.{socket.gethostname().replace('/', '_').replace(':', '_')}"
     tmp_path = root / "tmp" / name
     with open(tmp_path, "xb") as fh:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from arproxy.authres import ResInfo
+from arproxy.checks import spf
 from arproxy.checks.base import Check, CheckContext, MethodResult, Stage, Value
-from arproxy.checks.runner import SessionChecks
+from arproxy.checks.runner import SessionChecks, ordered
 from arproxy.config import HostPort
 from arproxy.dns import Resolver
 
@@ -96,3 +98,33 @@ def test_a_crashing_check_is_reported_as_its_timeout_result() -> None:
     check = Check("dkim", Stage.DATA, boom, lambda ctx: (Fake("dkim", Value.TEMPERROR),))
     results, _ = run_session([check], budget=1.0)
     assert [(r.method, r.value) for r in results] == [("dkim", Value.TEMPERROR)]
+
+
+# --- merge hooks: a method's rule, declared by its check, applied by the runner ----------
+
+
+def test_runner_applies_the_merge_a_check_declares() -> None:
+    a, b, other = Fake("x", Value.PASS), Fake("x", Value.FAIL), Fake("auth", Value.PASS)
+
+    async def never(ctx: CheckContext, dns: Resolver) -> tuple[MethodResult, ...]:
+        return ()
+
+    def last_only(results: Sequence[MethodResult]) -> tuple[MethodResult, ...]:
+        return tuple(results[-1:])
+
+    plain = Check("x", Stage.DATA, never, lambda ctx: ())
+    merging = Check("x", Stage.DATA, never, lambda ctx: (), merge=last_only)
+    assert ordered([a, other, b], [plain]) == (other, a, b)  # no merge: all kept
+    assert ordered([a, other, b], [merging]) == (other, b)
+
+
+def test_spf_checks_declare_the_identity_choice() -> None:
+    """RFC 8601 section 4: one SPF result, MAIL FROM's when there is one (checks.spf.rules);
+    the runner holds no SPF rule of its own."""
+    helo = spf.SpfResult(Value.FAIL, "helo", "mail.example.org")
+    mailfrom = spf.SpfResult(Value.PASS, "mailfrom", "example.org")
+    checks = [spf.HELO_CHECK, spf.MAILFROM_CHECK]
+    assert ordered([helo, mailfrom], checks) == (mailfrom,)
+    assert ordered([helo], checks) == (helo,)  # the null sender: HELO's stands
+    assert spf.HELO_CHECK.merge is spf.keep_reported
+    assert spf.MAILFROM_CHECK.merge is spf.keep_reported
