@@ -277,6 +277,16 @@ class Resolver:
         return self._dnspython
 
     async def close(self) -> None:
+        """Cancel the queries still in flight, then close the channel.
+
+        A query outlives the waiters that asked for it (it is shared and shielded), so at
+        shutdown one may still be pending, or not yet started: left alone, it would ask a
+        destroyed channel after this returns and end with an error nobody reads.
+        """
+        pending = list(self._inflight.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await self._resolver.close()
 
 

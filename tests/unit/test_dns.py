@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from arproxy.config import HostPort
 from arproxy.dns import Resolver, Status, _server_text
@@ -117,3 +118,28 @@ def test_dnspython_transport_gives_tempfail_when_no_server_answers() -> None:
         await resolver.close()
 
     asyncio.run(go())
+
+
+def test_close_ends_the_queries_still_in_flight() -> None:
+    """A shared query outlives its cancelled waiters; `close` must end it before the
+    channel goes, or it asks a destroyed channel after shutdown (an unread error)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # receives, never answers
+    silent.bind(("127.0.0.1", 0))
+
+    async def go() -> list[asyncio.Future[object]]:
+        resolver = Resolver([HostPort("127.0.0.1", silent.getsockname()[1])], timeout=30.0)
+        waiter = asyncio.ensure_future(resolver.lookup("example.test", "A"))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        pending: list[asyncio.Future[object]] = list(resolver._inflight.values())
+        assert pending and not any(task.done() for task in pending)
+        await resolver.close()
+        # Ended by close itself, not later by asyncio.run's clean-up of leftover tasks.
+        assert all(task.done() for task in pending)
+        return pending
+
+    try:
+        pending = asyncio.run(go())
+    finally:
+        silent.close()
+    assert all(task.cancelled() for task in pending)

@@ -7,6 +7,11 @@ per-message budget (`dns.message_budget`); a check still running then is reporte
 as its own timeout result (temperror) instead of holding the client. A check that
 raised is reported by its `on_crash` result if it has one (the checks that read the
 message: permerror, a fault of the content), else as its timeout.
+
+The runner only schedules: no method's rule lives here. Where a method reports fewer
+results than its checks gave (SPF: MAIL FROM's replaces HELO's), the check declares it
+as its `merge` and the runner applies it. Thread pools come from the worker's resources,
+bound into the checks by `configured_checks`.
 """
 
 from __future__ import annotations
