@@ -75,7 +75,7 @@ def decide(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict:
     11.2), so with `tempfail_on_temperror` any temperror gives 451 before any
     `reject_*` switch is looked at, and the `reject_*` switches act only on final fail
     results (a verdict built on other results, DMARC's, carries their temperror itself:
-    checks/dmarc.py). Without `tempfail_on_temperror` a temperror is delivered, written in
+    checks/dmarc/). Without `tempfail_on_temperror` a temperror is delivered, written in
     the field.
     """
     temporary = _tempfail(results) if config.tempfail_on_temperror else None

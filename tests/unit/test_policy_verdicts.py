@@ -59,7 +59,7 @@ def test_a_temperror_is_never_turned_into_a_permanent_refusal(refusal: object) -
 
 
 def test_dmarc_temperror_is_451_or_delivered_never_550() -> None:
-    """The issue's outage: spf and dkim temperror, so dmarc temperror (checks/dmarc.py)."""
+    """The issue's outage: spf and dkim temperror, so dmarc temperror (checks/dmarc/)."""
     results = [SPF_TEMP, DMARC_TEMP]
     assert str(decide(results, ALL).reply).startswith("451 4.7.24")
     reject_only = dataclasses.replace(OFF, reject_dmarc=True)

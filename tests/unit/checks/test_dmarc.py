@@ -1,7 +1,7 @@
 """The dmarc check against real policy records (tests/fixtures/zones/dmarc-*.test.zone, Knot).
 
 SPF and DKIM outcomes are given as tiny dataclasses of our own: DMARC reads them through its
-own protocols, never through checks/spf.py or checks/dkim.py.
+own protocols, never through checks/spf/ or checks/dkim/.
 """
 
 from __future__ import annotations

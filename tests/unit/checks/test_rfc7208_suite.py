@@ -42,7 +42,7 @@ SOA = "SOA ns.suite.invalid. hostmaster.suite.invalid. 1 3600 600 86400 60"
 NS = "NS ns.suite.invalid."
 
 # Where our result differs from the suite's, and why: test name -> (our value, reason).
-# All three are arproxy's local `spf=policy` rule (checks/spf.py; RFC 8601 section 2.7.2):
+# All three are arproxy's local `spf=policy` rule (checks/spf/rules.py; RFC 8601 section 2.7.2):
 # a pass given by the `all` of the sender's own record authorizes every host on the
 # Internet, so it is reported as policy and DMARC does not align on it.
 _ALL_PASS = "local policy: a pass by the sender's own `all` is spf=policy"
