@@ -12,13 +12,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from arproxy.ratelimit import TOO_MANY_FAILURES, AuthFailureLimiter
-from arproxy.replies import Reply
+from arproxy.ratelimit import AuthFailureLimiter
+from arproxy.replies import AUTH_SUCCESS, TOO_MANY_FAILURES, Reply
 from arproxy.users import UsersFile, user_problem
 
 log = logging.getLogger("arproxy.auth")
-
-AUTH_SUCCESS = Reply.of(235, "2.7.0", "Authentication successful")
 
 
 @dataclass(frozen=True)
