@@ -13,8 +13,10 @@ from typing import Any, NoReturn
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from arproxy.admission import SessionRegistry
 from arproxy.config import parse_config
-from arproxy.server import ArproxySMTP, SessionRegistry, has_line_over
+from arproxy.pipeline import has_line_over
+from arproxy.server import ArproxySMTP
 from arproxy.streams import ClientReader, HalfCloseSSLProtocol, adopt_reader, ends_in_crlf
 
 
