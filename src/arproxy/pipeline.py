@@ -214,7 +214,11 @@ class Session:
     async def rcpt(self, recipient: str) -> RecipientOutcome:
         transaction = self.transaction
         assert transaction is not None, "aiosmtpd refuses RCPT before MAIL"
-        outcome = await transaction.add_recipient(recipient)
+        try:
+            outcome = await transaction.add_recipient(recipient)
+        except Exception as error:  # a bug of ours: 451, and the client may retry
+            log.error("%s internal error in RCPT: %s", self.log_prefix, error, exc_info=error)
+            outcome = transaction.recipient_refused(recipient, Decider.LOCAL, LOCAL_ERROR)
         if outcome.reply.is_success:
             log.debug("%s", log_line(outcome))
         else:
@@ -318,7 +322,7 @@ class Transaction:
         self._delivery: Delivery | None = None
         self._started = time.monotonic()
 
-    def _recipient_outcome(
+    def recipient_refused(
         self,
         recipient: str,
         decided_by: Decider,
@@ -333,28 +337,28 @@ class Transaction:
     async def add_recipient(self, recipient: str) -> RecipientOutcome:
         config = self.pipeline.config
         if len(self.recipients) >= config.limits.max_recipients:
-            return self._recipient_outcome(recipient, Decider.POLICY, TOO_MANY_RECIPIENTS)
+            return self.recipient_refused(recipient, Decider.POLICY, TOO_MANY_RECIPIENTS)
         refusal = extensions.address_refusal(recipient, smtputf8=self.smtputf8, sender=False)
         if refusal is not None:
-            return self._recipient_outcome(recipient, Decider.INTAKE, refusal)
+            return self.recipient_refused(recipient, Decider.INTAKE, refusal)
         authenticated = self.client.auth_identity is not None
         # domains.local holds A-labels; a U-label domain (RFC 6531) is compared in
         # its A-label form, and one with no unambiguous A-label is not local.
         comparable = address_with_a_labels(recipient) or ""
         if not policy.may_relay_to(comparable, config.domains.local, authenticated=authenticated):
             refusal = relay_refusal(comparable, config.domains.local)
-            return self._recipient_outcome(recipient, Decider.POLICY, refusal)
+            return self.recipient_refused(recipient, Decider.POLICY, refusal)
         if self._delivery is None:
             opened = await self.pipeline.relay.open(self.sender, self.mail_options, recipient)
             if opened.delivery is None:
-                return self._recipient_outcome(
+                return self.recipient_refused(
                     recipient, Decider.DOWNSTREAM, opened.reply, step="sender"
                 )
             self._delivery = opened.delivery
         reply = await self._delivery.add_recipient(recipient)
         if reply.is_success:
             self.recipients.append(recipient)
-        return self._recipient_outcome(recipient, Decider.DOWNSTREAM, reply)
+        return self.recipient_refused(recipient, Decider.DOWNSTREAM, reply)
 
     def refused(
         self, decided_by: Decider, reply: Reply, reason: str | None, *, size: int
