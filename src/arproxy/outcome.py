@@ -107,7 +107,10 @@ class TransactionOutcome:
     relay: str = ""
 
 
-def log_line(outcome: RecipientOutcome | TransactionOutcome) -> str:
+Outcome = RecipientOutcome | TransactionOutcome
+
+
+def log_line(outcome: Outcome) -> str:
     """One parseable line: `key=value` pairs, then `<verdict>: <reply>` (the reply is
     the downstream's text, so it comes last). Client text is escaped; each result
     is written `method=value` with its reason in parentheses, e.g.
@@ -128,7 +131,7 @@ def log_line(outcome: RecipientOutcome | TransactionOutcome) -> str:
     )
 
 
-def _verdict(outcome: RecipientOutcome | TransactionOutcome) -> str:
+def _verdict(outcome: Outcome) -> str:
     reply, reason = outcome.reply, outcome.reason
     because = f" ({printable(reason)})" if reason else ""
     if outcome.decided_by is Decider.LOCAL:

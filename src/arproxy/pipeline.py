@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from arproxy.outcome import (
     OUR_FAILURES,
     ClientFacts,
     Decider,
+    Outcome,
     RecipientOutcome,
     TransactionOutcome,
     log_line,
@@ -83,6 +84,8 @@ class Pipeline:
         self.resolver = resolver or Resolver.from_config(config.dns)
         self.checks = configured_checks(config.checks)
         self._background: set[asyncio.Future[None]] = set()
+        # Called with every RCPT and DATA outcome, after its log line (metrics).
+        self.observers: list[Callable[[Outcome], None]] = []
         self.intake_limits = IntakeLimits(
             bare_newline=config.limits.bare_newline,
             eight_bit_header=config.limits.eight_bit_header,
@@ -219,10 +222,7 @@ class Session:
         except Exception as error:  # a bug of ours: 451, and the client may retry
             log.error("%s internal error in RCPT: %s", self.log_prefix, error, exc_info=error)
             outcome = transaction.recipient_refused(recipient, Decider.LOCAL, LOCAL_ERROR)
-        if outcome.reply.is_success:
-            log.debug("%s", log_line(outcome))
-        else:
-            log.info("%s", log_line(outcome))
+        self._publish(outcome, logging.DEBUG if outcome.reply.is_success else logging.INFO)
         return outcome
 
     async def data(self, content: bytes) -> TransactionOutcome:
@@ -248,8 +248,14 @@ class Session:
             # Let go with no await before the reply is written, so that a draining
             # shutdown never takes this session for idle mid-delivery.
             self._let_go(wait=False)
-        log.info("%s", log_line(outcome))
+        self._publish(outcome, logging.INFO)
         return outcome
+
+    def _publish(self, outcome: Outcome, level: int) -> None:
+        """The outcome's one log line, then whoever subscribed (`Pipeline.observers`)."""
+        log.log(level, "%s", log_line(outcome))
+        for observer in self.pipeline.observers:
+            observer(outcome)
 
     async def reset(self) -> None:
         """RSET, a new MAIL, HELO or QUIT: the transaction in progress ends here, and

@@ -21,7 +21,7 @@ from arproxy.authres import ResInfo
 from arproxy.checks.base import Check, CheckContext, MethodResult, Stage, Value
 from arproxy.config import HostPort, parse_config
 from arproxy.dns import Resolver
-from arproxy.outcome import ClientFacts, Decider
+from arproxy.outcome import ClientFacts, Decider, Outcome
 from arproxy.pipeline import Pipeline, Session
 from arproxy.relay import Opened
 from arproxy.replies import (
@@ -159,9 +159,13 @@ async def open_transaction(session: Session, *recipients: str) -> None:
 async def test_data_is_acknowledged_only_with_the_downstreams_250() -> None:
     relay = FakeRelay()
     pipeline, session = await make_session(relay)
+    seen: list[Outcome] = []
+    pipeline.observers.append(seen.append)
     await open_transaction(session)
     outcome = await session.data(MESSAGE)
     await settle(pipeline)
+    assert [type(o).__name__ for o in seen] == ["RecipientOutcome", "TransactionOutcome"]
+    assert seen[-1] is outcome
     assert outcome.reply == QUEUED  # the downstream's own words
     assert outcome.decided_by is Decider.DOWNSTREAM
     (delivery,) = relay.deliveries
