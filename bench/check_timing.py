@@ -23,9 +23,10 @@ sys.path.insert(0, str(REPO))
 
 from tests.dnsserver import KnotServer  # noqa: E402
 
-from arproxy.checks.runner import SessionChecks, configured_checks  # noqa: E402
 from arproxy.config import HostPort, parse_config  # noqa: E402
 from arproxy.dns import Resolver  # noqa: E402
+from arproxy.outcome import ClientFacts, summary  # noqa: E402
+from arproxy.pipeline import Pipeline, Session  # noqa: E402
 from arproxy.resources import WorkerResources  # noqa: E402
 
 KEY = (REPO / "tests" / "fixtures" / "keys" / "rsa2048.pem").read_bytes()
@@ -36,20 +37,19 @@ MESSAGE = (
 SIGNED = dkim.sign(MESSAGE, b"s2048", b"sender.test", KEY) + MESSAGE
 
 
-CONFIG = parse_config("", "bench")
+CONFIG = parse_config("[dns]\nmessage_budget = 10.0", "bench")
 
 
 async def one_message(resources: WorkerResources) -> tuple[float, str]:
-    checks = configured_checks(CONFIG.checks, resources)
+    # The live entry point (pipeline.Session), without a downstream.
+    pipeline = Pipeline(CONFIG, resources=resources)
     started = time.perf_counter()
-    session = SessionChecks(resources.resolver, checks, "127.0.0.2")
-    session.on_connect()
-    session.on_helo("mail.sender.test")
-    session.on_mail("alice@sender.test")
-    results = await session.collect(SIGNED, budget=10.0)
+    session = Session(pipeline, ClientFacts(ip="127.0.0.2"))
+    await session.helo("mail.sender.test", esmtp=True)
+    results = await session.evaluate(SIGNED, sender="alice@sender.test")
     elapsed = time.perf_counter() - started
     session.close()
-    return elapsed, " ".join(f"{r.method}={r.value.value}" for r in results)
+    return elapsed, summary(results)
 
 
 async def measure(server: KnotServer, repeat: int) -> None:

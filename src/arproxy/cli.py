@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arproxy import __version__
+from arproxy import __version__, logcontext
 from arproxy.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -328,6 +328,9 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Lines logged while a transaction is in progress (the checks', the relay's)
+    # carry its queue id (arproxy.logcontext).
+    logcontext.install()
     # aiosmtpd logs every command line at INFO (and would log AUTH exchanges), and
     # its warnings echo client bytes unescaped: ours give one escaped line per
     # decision, so aiosmtpd only speaks for errors.

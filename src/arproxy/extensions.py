@@ -19,7 +19,15 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from arproxy.replies import Reply
+from arproxy.replies import (
+    DOWNSTREAM_LACKS_8BITMIME,
+    DOWNSTREAM_LACKS_SMTPUTF8,
+    DOWNSTREAM_LACKS_SMTPUTF8_ADDRESS,
+    NOT_ASCII_WITHOUT_SMTPUTF8,
+    RECIPIENT_NOT_UTF8,
+    SENDER_NOT_UTF8,
+    Reply,
+)
 
 EIGHTBITMIME = "8BITMIME"
 SMTPUTF8 = "SMTPUTF8"
@@ -44,27 +52,6 @@ _VALUE_CHAR = re.compile(r"[\x21-\x3c\x3e-\x7e]|[^\x00-\x7f\ud800-\udfff]")
 # xchar is "!" to "~" but "+" and "=", hexchar is "+" and two upper-case hex digits.
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
 
-NOT_ASCII_WITHOUT_SMTPUTF8 = Reply.of(
-    553, "5.6.7", "Non-ASCII address without SMTPUTF8 (RFC 6531 section 3.5)"
-)
-SENDER_NOT_UTF8 = Reply.of(553, "5.1.7", "Malformed sender address: not UTF-8")
-RECIPIENT_NOT_UTF8 = Reply.of(553, "5.1.3", "Malformed recipient address: not UTF-8")
-DOWNSTREAM_LACKS_SMTPUTF8_ADDRESS = Reply.of(
-    553,
-    "5.6.7",
-    "Non-ASCII addresses not permitted: the next server does not offer SMTPUTF8",
-)
-DOWNSTREAM_LACKS_SMTPUTF8 = Reply.of(
-    550,
-    "5.6.9",
-    "SMTPUTF8 message cannot be transferred: the next server does not offer SMTPUTF8",
-)
-DOWNSTREAM_LACKS_8BITMIME = Reply.of(
-    554,
-    "5.6.3",
-    "Conversion required but not supported: 8-bit content and the next server "
-    "does not offer 8BITMIME (RFC 6152 section 3)",
-)
 _EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 
 

@@ -17,27 +17,20 @@ import re
 from dataclasses import dataclass
 
 from arproxy.header import first_bare_newline, normalize_newlines, read_header
-from arproxy.replies import Reply
+from arproxy.replies import (
+    BARE_NEWLINE_REFUSED,
+    EIGHT_BIT_HEADER_REFUSED,
+    HEADER_NOT_UTF8,
+    HEADER_TOO_LARGE,
+    LEADING_CONTINUATION_REFUSED,
+    NUL_REFUSED,
+    TOO_MANY_FIELDS,
+    Reply,
+)
 
 __all__ = ["Intake", "IntakeLimits", "normalize_newlines", "take_in"]
 
-BARE_NEWLINE_REFUSED = Reply.of(
-    550, "5.5.2", "Message refused: bare CR or LF in the message (RFC 5321 section 2.3.8)"
-)
-HEADER_TOO_LARGE = Reply.of(552, "5.3.4", "Message header exceeds the size limit")
-TOO_MANY_FIELDS = Reply.of(552, "5.3.4", "Message header has too many fields")
-NUL_REFUSED = Reply.of(550, "5.6.0", "Message refused: NUL character in the message")
-EIGHT_BIT_HEADER_REFUSED = Reply.of(
-    550, "5.6.0", "Message refused: 8-bit characters in the header without SMTPUTF8 (RFC 6532)"
-)
-HEADER_NOT_UTF8 = Reply.of(
-    550, "5.6.0", "Message refused: header bytes that are not UTF-8 (RFC 6532 section 3)"
-)
-LEADING_CONTINUATION_REFUSED = Reply.of(
-    550,
-    "5.6.0",
-    "Message refused: the header starts with a continuation line (RFC 5322 section 2.2.3)",
-)
+
 _EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 
 

@@ -2,7 +2,8 @@
 
 What an administrator reaches for when a result looks wrong: the message, the
 client's address, HELO and MAIL FROM as the log recorded them, and the field
-arproxy would write, computed by the very same runner and formatter.
+arproxy would write, computed by the very same session (`pipeline.Session`), runner
+and formatter as a live message.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arproxy.checks.base import Stage
-from arproxy.checks.runner import SessionChecks, configured_checks
 from arproxy.config import Config, HostPort, split_host_port
 from arproxy.dns import Resolver
-from arproxy.pipeline import format_results
+from arproxy.outcome import ClientFacts
+from arproxy.pipeline import Pipeline, Session, format_results, helo_acceptable
 from arproxy.resources import WorkerResources
 
 
@@ -41,6 +42,9 @@ class OfflineRequest:
                 ipaddress.ip_address(args.client_ip)
             except ValueError as exc:
                 raise UsageError(f"--client-ip {args.client_ip!r}: {exc}") from exc
+        if args.helo is not None and not helo_acceptable(args.helo):
+            # The live session refuses it (501 5.5.4): it never reaches a check.
+            raise UsageError(f"--helo {args.helo!r}: not a name a client may give")
         try:
             servers = tuple(split_host_port(s, default_port=53) for s in args.nameserver)
         except ValueError as exc:
@@ -65,21 +69,19 @@ async def check_message(config: Config, request: OfflineRequest) -> str:
     resolver = Resolver(request.nameservers or config.dns.nameservers, config.dns.timeout)
     # The same worker resources `serve` builds (pools, resolver), closed when done.
     resources = WorkerResources.build(config, resolver=resolver)
-    checks = configured_checks(config.checks, resources)
+    pipeline = Pipeline(config, resources=resources)
+    checks = None
     if request.client_ip is None:
         # Without the client's address there is nothing to check at connect, HELO
         # or MAIL: run only what the message itself carries.
-        checks = tuple(c for c in checks if c.stage >= Stage.DATA)
-    session = SessionChecks(resolver, checks, request.client_ip or "0.0.0.0")
-    session.on_connect()
-    if request.helo:
-        session.on_helo(request.helo)
-    if request.auth_user:
-        session.on_auth(request.auth_user)
-    if request.mail_from:
-        session.on_mail(request.mail_from)
+        checks = tuple(c for c in pipeline.checks if c.stage >= Stage.DATA)
+    session = Session(pipeline, ClientFacts(ip=request.client_ip or "0.0.0.0"), checks=checks)
     try:
-        results = await session.collect(request.message, config.dns.message_budget)
+        if request.helo:
+            await session.helo(request.helo, esmtp=True)
+        if request.auth_user:
+            session.authenticated(request.auth_user)
+        results = await session.evaluate(request.message, sender=request.mail_from or None)
     finally:
         session.close()
         await resources.close()

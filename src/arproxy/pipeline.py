@@ -1,10 +1,14 @@
-"""One mail transaction, from MAIL to the DATA reply.
+"""One SMTP session and its mail transactions, from connect to the DATA reply.
 
-The data flow is one way: the session hands over what the client said, the
-transaction asks policy whether each recipient may be relayed to, opens the
-downstream transaction, builds our Authentication-Results and Received fields,
-asks `rewrite` for the header surgery and `relay` for delivery, and returns the
-reply to give. The server only translates between aiosmtpd and these calls.
+`Session` is the sans-I/O core of a connection: the server hands it each SMTP event
+(helo, starttls, authenticated, auth_failed, mail, rcpt, data, reset, close) and
+writes out the `Reply` it returns. The session owns the client facts (`ClientFacts`),
+the session's checks and the transaction in progress. A `Transaction` asks policy
+whether each recipient may be relayed to, opens the downstream transaction, builds
+our Authentication-Results and Received fields, asks `rewrite` for the header
+surgery and `relay` for delivery, and returns a typed outcome (`arproxy.outcome`);
+`log_line` writes it. The delivery is closed in one place: when the session lets go
+of its transaction (end of DATA, RSET, a new MAIL or HELO, STARTTLS, disconnect).
 """
 
 from __future__ import annotations
@@ -12,46 +16,61 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import secrets
 import time
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from arproxy import authres, extensions, policy
-from arproxy.checks.base import MethodResult
+from arproxy import authres, extensions, logcontext, policy
+from arproxy.checks.base import Check, MethodResult
 from arproxy.checks.runner import SessionChecks, configured_checks
 from arproxy.config import Config
 from arproxy.dns import Resolver
 from arproxy.idn import address_with_a_labels
 from arproxy.intake import IntakeLimits, take_in
+from arproxy.outcome import (
+    OUR_FAILURES,
+    ClientFacts,
+    Decider,
+    Outcome,
+    RecipientOutcome,
+    TransactionOutcome,
+    log_line,
+    printable,
+)
 from arproxy.relay import Delivery, Relay, make_relay
 from arproxy.replies import (
-    DOWNSTREAM_TIMEOUT,
-    DOWNSTREAM_UNAVAILABLE,
+    INVALID_HELO,
+    LINE_TOO_LONG_IN_DATA,
     LOCAL_ERROR,
     RELAY_DENIED,
     ROUTING_DENIED,
+    SENDER_OK,
+    TOO_MANY_RECIPIENTS,
     Reply,
 )
 from arproxy.resources import WorkerResources
 from arproxy.rewrite import ForgeryPolicy, rewrite_header
-from arproxy.trace import TraceInfo, received_field
+from arproxy.trace import received_field
+
+__all__ = [
+    "OUR_FAILURES",
+    "ClientFacts",
+    "Pipeline",
+    "Session",
+    "Transaction",
+    "format_results",
+    "has_line_over",
+    "helo_acceptable",
+    "printable",
+]
 
 log = logging.getLogger("arproxy.pipeline")
 
-
-@dataclass(frozen=True)
-class ClientInfo:
-    """What is known about the SMTP client when a transaction starts (immutable)."""
-
-    ip: str
-    port: int
-    helo: str | None
-    esmtp: bool
-    tls: bool = False
-    auth_identity: str | None = None
+_HELO_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Pipeline:
@@ -73,6 +92,8 @@ class Pipeline:
         self.resolver = self.resources.resolver
         self.checks = configured_checks(config.checks, self.resources)
         self._background: set[asyncio.Future[None]] = set()
+        # Called with every RCPT and DATA outcome, after its log line (metrics).
+        self.observers: list[Callable[[Outcome], None]] = []
         self.intake_limits = IntakeLimits(
             bare_newline=config.limits.bare_newline,
             eight_bit_header=config.limits.eight_bit_header,
@@ -82,10 +103,11 @@ class Pipeline:
         own = (config.server.authserv_id, *config.headers.trusted_authserv_ids)
         self.forgery_policy = ForgeryPolicy(own_ids=own, action=config.headers.forged)
 
-    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def in_background(self, work: Coroutine[Any, Any, None], queue_id: str | None = None) -> None:
         """Run clean-up work (QUIT to the downstream) without holding a reply for it;
-        the task is kept so it is not collected mid-flight, and awaited at shutdown."""
-        task = asyncio.ensure_future(work)
+        the task is kept so it is not collected mid-flight, and awaited at shutdown.
+        Its log lines carry `queue_id` (arproxy.logcontext)."""
+        task = logcontext.start_task(work, queue_id)
         self._background.add(task)
         task.add_done_callback(self._background_done)
 
@@ -106,24 +128,9 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
 
-    def start_session(self, client_ip: str) -> SessionChecks:
-        """The checks of a new SMTP session; iprev starts right away."""
-        skipped = SessionChecks.is_skipped(client_ip, self.config.checks)
-        if skipped:
-            log.info("client=%s checks skipped (checks.skip_clients)", client_ip)
-        checks = SessionChecks(self.resolver, self.checks, client_ip, skipped=skipped)
-        checks.on_connect()
-        return checks
-
-    def begin(
-        self,
-        client: ClientInfo,
-        checks: SessionChecks,
-        sender: str,
-        mail_options: Sequence[str],
-    ) -> Transaction:
-        checks.on_mail(sender)
-        return Transaction(self, client, checks, sender, tuple(mail_options))
+    def open_session(self, client_ip: str, port: int = 0, *, tls: bool = False) -> Session:
+        """A new SMTP session from `client_ip`; its connect-time checks (iprev) start now."""
+        return Session(self, ClientFacts(ip=client_ip, port=port, tls=tls))
 
 
 def new_queue_id() -> str:
@@ -131,11 +138,188 @@ def new_queue_id() -> str:
     return base64.b32encode(secrets.token_bytes(10)).decode("ascii")
 
 
+class Session:
+    """One SMTP connection: the client facts, its checks and the transaction in progress.
+
+    One method per SMTP event; each returns the reply to give (or a typed outcome
+    carrying it) and logs the refusals it decides, so the caller logs nothing more.
+    No I/O of its own besides the relay and the checks: unit-tested with a fake relay.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, facts: ClientFacts, *, checks: Sequence[Check] | None = None
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = pipeline.config
+        self.facts = facts
+        skipped = SessionChecks.is_skipped(facts.ip, self.config.checks)
+        if skipped:
+            log.info("client=%s checks skipped (checks.skip_clients)", facts.ip)
+        chosen = pipeline.checks if checks is None else tuple(checks)
+        self.checks = SessionChecks(pipeline.resolver, chosen, facts.ip, skipped=skipped)
+        self.checks.on_connect()
+        self.transaction: Transaction | None = None
+
+    @property
+    def log_prefix(self) -> str:
+        """`id=QUEUEID client=IP` within a transaction, `client=IP` outside one."""
+        if self.transaction is not None:
+            return f"id={self.transaction.queue_id} client={self.facts.ip}"
+        return f"client={self.facts.ip}"
+
+    # --- session events ---
+
+    async def helo(self, hostname: str, *, esmtp: bool) -> Reply | None:
+        """EHLO (`esmtp`) or HELO: None when the name is taken, else the refusal.
+        Either way a transaction in progress ends (RFC 5321 section 4.1.4)."""
+        await self.reset()
+        if not helo_acceptable(hostname):
+            log.info(
+                "client=%s invalid %s %s: refused",
+                self.facts.ip,
+                "EHLO" if esmtp else "HELO",
+                printable(hostname),
+            )
+            return INVALID_HELO
+        self.facts = replace(self.facts, helo=hostname, esmtp=esmtp)
+        self.checks.on_helo(hostname)
+        return None
+
+    def starttls(self) -> None:
+        """The TLS layer is up: RFC 3207 section 4.2 discards what the client said
+        before (HELO, AUTH, the transaction); what belongs to the connection stays."""
+        self.abandon()
+        self.facts = ClientFacts(ip=self.facts.ip, port=self.facts.port, tls=True)
+        self.checks.on_starttls()
+
+    def authenticated(self, identity: str) -> None:
+        self.facts = replace(self.facts, auth_identity=identity, auth_failed_identity=None)
+        self.checks.on_auth(identity)
+
+    def auth_failed(self, attempted: str | None) -> None:
+        """A refused AUTH; `attempted` is the user name tried, when printable."""
+        if attempted is None:
+            return
+        if self.facts.auth_identity is None:
+            self.facts = replace(self.facts, auth_failed_identity=attempted)
+        self.checks.on_auth_failure(attempted)
+
+    # --- the transaction ---
+
+    async def mail(self, sender: str, mail_options: Sequence[str]) -> Reply:
+        """MAIL FROM: a new transaction (the one in progress, if any, ends first)."""
+        await self.reset()
+        smtputf8 = extensions.is_smtputf8(mail_options)
+        refusal = extensions.address_refusal(sender, smtputf8=smtputf8, sender=True)
+        if refusal is not None:
+            log.info("client=%s from=<%s> refused: %s", self.facts.ip, printable(sender), refusal)
+            return refusal
+        self.checks.on_mail(sender)
+        self.transaction = Transaction(
+            self.pipeline, self.facts, self.checks, sender, tuple(mail_options)
+        )
+        # This task's log lines (and its checks' and relay's) now carry the queue id.
+        logcontext.set_queue_id(self.transaction.queue_id)
+        return SENDER_OK
+
+    async def rcpt(self, recipient: str) -> RecipientOutcome:
+        transaction = self.transaction
+        assert transaction is not None, "aiosmtpd refuses RCPT before MAIL"
+        try:
+            outcome = await transaction.add_recipient(recipient)
+        except Exception as error:  # a bug of ours: 451, and the client may retry
+            log.error("%s internal error in RCPT: %s", self.log_prefix, error, exc_info=error)
+            outcome = transaction.recipient_refused(recipient, Decider.LOCAL, LOCAL_ERROR)
+        self._publish(outcome, logging.DEBUG if outcome.reply.is_success else logging.INFO)
+        return outcome
+
+    async def data(self, content: bytes) -> TransactionOutcome:
+        """The end of DATA: the delivery is closed here, on every path, exactly once."""
+        transaction = self.transaction
+        assert transaction is not None, "aiosmtpd refuses DATA before RCPT"
+        try:
+            if has_line_over(content, self.config.limits.max_line_length):
+                # aiosmtpd's own bound counts a transparency dot on every line
+                # (one octet of slack); the limit is on the text (RFC 5321 4.5.3.1.6).
+                outcome = transaction.refused(
+                    Decider.INTAKE,
+                    LINE_TOO_LONG_IN_DATA,
+                    "over limits.max_line_length",
+                    size=len(content),
+                )
+            else:
+                outcome = await transaction.deliver(content)
+        except Exception as error:  # a bug of ours must not cost the mail
+            log.error("%s internal error in DATA: %s", self.log_prefix, error, exc_info=error)
+            outcome = transaction.refused(Decider.LOCAL, LOCAL_ERROR, None, size=len(content))
+        finally:
+            # Let go with no await before the reply is written, so that a draining
+            # shutdown never takes this session for idle mid-delivery.
+            self._let_go(wait=False)
+        self._publish(outcome, logging.INFO)
+        return outcome
+
+    def _publish(self, outcome: Outcome, level: int) -> None:
+        """The outcome's one log line, then whoever subscribed (`Pipeline.observers`)."""
+        log.log(level, "%s", log_line(outcome))
+        for observer in self.pipeline.observers:
+            observer(outcome)
+
+    async def reset(self) -> None:
+        """RSET, a new MAIL, HELO or QUIT: the transaction in progress ends here, and
+        the downstream's RSET/QUIT is awaited (the client is in step with us)."""
+        work = self._let_go(wait=True)
+        if work is not None:
+            await work
+
+    def abandon(self) -> None:
+        """End the transaction in progress without waiting for the downstream: aiosmtpd
+        refused the data itself, or the TLS layer restarted the session."""
+        self._let_go(wait=False)
+
+    def close(self) -> None:
+        """The connection is gone (no hook runs when a client just disconnects): stop
+        the checks and abandon the transaction, or they would linger."""
+        self.checks.close()
+        transaction = self.transaction
+        if transaction is not None:
+            log.info(
+                "id=%s client=%s connection closed before the end of the transaction: "
+                "nothing relayed",
+                transaction.queue_id,
+                self.facts.ip,
+            )
+        self._let_go(wait=False)
+
+    def _let_go(self, *, wait: bool) -> Coroutine[Any, Any, None] | None:
+        """The one place a transaction ends: the session forgets it, its checks stop,
+        and its delivery is closed (returned for awaiting, or run in the background)."""
+        transaction, self.transaction = self.transaction, None
+        self.checks.reset_transaction()
+        if transaction is None:
+            return None
+        logcontext.set_queue_id(None)
+        work = transaction.close()
+        if wait:
+            return work
+        self.pipeline.in_background(work, transaction.queue_id)
+        return None
+
+    async def evaluate(self, message: bytes, sender: str | None = None) -> tuple[MethodResult, ...]:
+        """The results our field would carry for `message` from this client (MAIL FROM
+        `sender`, if given), with no downstream: `arproxy check` and the bench."""
+        if sender is not None:
+            self.checks.on_mail(sender)
+        return await self.checks.collect(message, self.config.dns.message_budget)
+
+
 class Transaction:
+    """One mail transaction, from MAIL to the DATA reply; owned by its `Session`."""
+
     def __init__(
         self,
         pipeline: Pipeline,
-        client: ClientInfo,
+        client: ClientFacts,
         checks: SessionChecks,
         sender: str,
         mail_options: tuple[str, ...],
@@ -152,125 +336,113 @@ class Transaction:
         self._delivery: Delivery | None = None
         self._started = time.monotonic()
 
-    def _log_prefix(self) -> str:
-        return f"id={self.queue_id} client={self.client.ip}"
+    def recipient_refused(
+        self,
+        recipient: str,
+        decided_by: Decider,
+        reply: Reply,
+        reason: str | None = None,
+        step: str = "recipient",
+    ) -> RecipientOutcome:
+        return RecipientOutcome(
+            self.queue_id, self.client, self.sender, recipient, decided_by, reply, reason, step
+        )
 
-    async def add_recipient(self, recipient: str) -> Reply:
+    async def add_recipient(self, recipient: str) -> RecipientOutcome:
         config = self.pipeline.config
+        if len(self.recipients) >= config.limits.max_recipients:
+            return self.recipient_refused(recipient, Decider.POLICY, TOO_MANY_RECIPIENTS)
+        refusal = extensions.address_refusal(recipient, smtputf8=self.smtputf8, sender=False)
+        if refusal is not None:
+            return self.recipient_refused(recipient, Decider.INTAKE, refusal)
         authenticated = self.client.auth_identity is not None
         # domains.local holds A-labels; a U-label domain (RFC 6531) is compared in
         # its A-label form, and one with no unambiguous A-label is not local.
         comparable = address_with_a_labels(recipient) or ""
         if not policy.may_relay_to(comparable, config.domains.local, authenticated=authenticated):
             refusal = relay_refusal(comparable, config.domains.local)
-            log.info(
-                "%s from=<%s> to=<%s> reject: %s",
-                self._log_prefix(),
-                envelope_address(self.sender),
-                printable(recipient),
-                refusal,
-            )
-            return refusal
+            return self.recipient_refused(recipient, Decider.POLICY, refusal)
         if self._delivery is None:
             opened = await self.pipeline.relay.open(self.sender, self.mail_options, recipient)
             if opened.delivery is None:
-                log.info(
-                    "%s from=<%s> %s: %s",
-                    self._log_prefix(),
-                    envelope_address(self.sender),
-                    "not relayed" if opened.reply in OUR_FAILURES else "downstream refused sender",
-                    opened.reply,
+                return self.recipient_refused(
+                    recipient, Decider.DOWNSTREAM, opened.reply, step="sender"
                 )
-                return opened.reply
             self._delivery = opened.delivery
         reply = await self._delivery.add_recipient(recipient)
         if reply.is_success:
             self.recipients.append(recipient)
-        else:
-            log.info(
-                "%s to=<%s> downstream refused recipient: %s",
-                self._log_prefix(),
-                printable(recipient),
-                reply,
-            )
-        return reply
+        return self.recipient_refused(recipient, Decider.DOWNSTREAM, reply)
 
-    async def deliver(self, content: bytes) -> Reply:
-        """Authenticate, rewrite and relay the message; the reply is the downstream's."""
+    def refused(
+        self, decided_by: Decider, reply: Reply, reason: str | None, *, size: int
+    ) -> TransactionOutcome:
+        """The outcome of a message refused before it reached the downstream."""
+        return self._outcome(decided_by, reply, size=size, reason=reason)
+
+    def _outcome(
+        self,
+        decided_by: Decider,
+        reply: Reply,
+        *,
+        size: int,
+        results: tuple[MethodResult, ...] = (),
+        forged: tuple[str, ...] = (),
+        reason: str | None = None,
+        relay: str = "",
+    ) -> TransactionOutcome:
+        return TransactionOutcome(
+            queue_id=self.queue_id,
+            client=self.client,
+            sender=self.sender,
+            recipients=tuple(self.recipients),
+            size=size,
+            decided_by=decided_by,
+            reply=reply,
+            elapsed=time.monotonic() - self._started,
+            results=results,
+            forged=forged,
+            reason=reason,
+            relay=relay,
+        )
+
+    async def deliver(self, content: bytes) -> TransactionOutcome:
+        """Authenticate, rewrite and relay the message; the reply is the downstream's.
+        The caller (`Session.data`) closes the delivery."""
         assert self._delivery is not None, "DATA is only reached with an accepted recipient"
         config = self.pipeline.config
         intake = take_in(content, self.pipeline.intake_limits, smtputf8=self.smtputf8)
         if intake.refusal is not None:
-            self.close_later()
-            log.info(
-                "%s from=<%s> reject: %s (%s)",
-                self._log_prefix(),
-                envelope_address(self.sender),
-                intake.refusal,
-                intake.reason,
-            )
-            return intake.refusal
+            return self.refused(Decider.INTAKE, intake.refusal, intake.reason, size=len(content))
         content = intake.content
         results = await self.checks.collect(content, config.dns.message_budget)
         field = format_results(config.server.authserv_id, results, utf8=self.smtputf8)
         verdict = policy.decide(results, config.policy)
         if verdict.reply is not None:
-            self.close_later()
-            log.info(
-                "%s from=<%s> reject by policy (%s): %s | %s",
-                self._log_prefix(),
-                envelope_address(self.sender),
-                verdict.reason,
+            return self._outcome(
+                Decider.POLICY,
                 verdict.reply,
-                " ".join(field.split()),
+                size=len(content),
+                results=results,
+                reason=verdict.reason,
             )
-            return verdict.reply
-        prepend = [field.encode("utf-8"), received_field(self._trace_info())]
-        outcome = rewrite_header(content, prepend, self.pipeline.forgery_policy)
-        reply = await self._delivery.send(outcome.message)
-        self.close_later()
-        log.info(
-            "%s helo=%s from=<%s> nrcpt=%d size=%d forged=%d results=[%s] relay=%s reply=%r "
-            "time=%.3f",
-            self._log_prefix(),
-            printable(self.client.helo or ""),
-            envelope_address(self.sender),
-            len(self.recipients),
-            len(content),
-            len(outcome.removed),
-            summary(results),
-            config.relay.downstream,
-            str(reply).replace("\r\n", " / "),
-            time.monotonic() - self._started,
-        )
-        if outcome.removed:
-            log.info(
-                "%s %s forged Authentication-Results of %s",
-                self._log_prefix(),
-                "renamed" if config.headers.forged == "rename" else "removed",
-                ", ".join(printable(i) for i in outcome.removed),
-            )
-        return reply
-
-    def close_later(self) -> None:
-        """End the downstream transaction without holding our reply for its RSET/QUIT:
-        a client kept waiting might time out and resend what was already delivered."""
-        delivery, self._delivery = self._delivery, None
-        if delivery is not None:
-            self.pipeline.in_background(delivery.close())
-
-    def _trace_info(self) -> TraceInfo:
-        return TraceInfo(
-            client_ip=self.client.ip,
-            helo=self.client.helo,
-            esmtp=self.client.esmtp,
-            tls=self.client.tls,
-            authenticated=self.client.auth_identity is not None,
-            by_host=self.pipeline.config.server.hostname,
+        trace = self.client.trace_info(
+            by_host=config.server.hostname,
             queue_id=self.queue_id,
             recipients=tuple(self.recipients),
             when=datetime.now().astimezone(),
             smtputf8=self.smtputf8,
+        )
+        prepend = [field.encode("utf-8"), received_field(trace)]
+        rewritten = rewrite_header(content, prepend, self.pipeline.forgery_policy)
+        reply = await self._delivery.send(rewritten.message)
+        return self._outcome(
+            Decider.DOWNSTREAM,
+            reply,
+            size=len(content),
+            results=results,
+            forged=tuple(rewritten.removed),
+            relay=str(config.relay.downstream),
         )
 
     async def close(self) -> None:
@@ -314,10 +486,6 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     )
 
 
-# Replies arproxy gives when the downstream could not be asked: not its refusals.
-OUR_FAILURES = (DOWNSTREAM_UNAVAILABLE, DOWNSTREAM_TIMEOUT, LOCAL_ERROR)
-
-
 def relay_refusal(recipient: str, local_domains: Sequence[str]) -> Reply:
     """Why `policy.may_relay_to` refused: a domain that is not local, or a local
     domain whose local part routes elsewhere (`%`, `!`, a quoted `@`)."""
@@ -327,19 +495,19 @@ def relay_refusal(recipient: str, local_domains: Sequence[str]) -> Reply:
     return RELAY_DENIED
 
 
-def envelope_address(address: str) -> str:
-    """A MAIL FROM or RCPT TO address for `<%s>` in a log line: the null reverse-path,
-    which aiosmtpd hands over as "<>", is written `<>` (RFC 5321 section 4.5.5)."""
-    return "" if address == "<>" else printable(address)
+def has_line_over(content: bytes, limit: int) -> bool:
+    """Whether a line of `content` holds more than `limit` octets. A bare CR or LF
+    also ends a line here: the intake refuses it, or makes it CRLF (bare_newline)."""
+    return max(map(len, content.splitlines()), default=0) > limit  # CRLF, CR, LF
 
 
-def summary(results: Sequence[MethodResult]) -> str:
-    return " ".join(f"{r.method}={r.value.value}" for r in results) or "none"
+def helo_acceptable(hostname: str) -> bool:
+    """Refuse what no HELO name can be: controls, white space, over 255 octets.
 
-
-def printable(text: str) -> str:
-    """Client text made safe for one log line: controls and non-ASCII escaped."""
-    return text.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROL_ESCAPES)
-
-
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+    Anything else printable is taken (real clients send odd names) and judged by
+    SPF's HELO check; our Received line writes it only when it is a valid domain.
+    Non-ASCII is refused: with SMTPUTF8 offered aiosmtpd decodes commands as UTF-8,
+    but SMTPUTF8 is asked for on MAIL (RFC 6531 section 3.4), after EHLO, whose
+    domain stays ASCII (RFC 5321 section 4.1.1.1).
+    """
+    return 0 < len(hostname) <= 255 and hostname.isascii() and not _HELO_FORBIDDEN.search(hostname)

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from arproxy.checks.base import DmarcOutcome, MethodResult, Value
 from arproxy.config import PolicyConfig
-from arproxy.replies import Reply
+from arproxy.replies import (
+    IPREV_REJECTED,
+    SPF_REJECTED,
+    Reply,
+    dmarc_rejected,
+    temporary_dns_error,
+)
 
 
 def recipient_domain(address: str) -> str | None:
@@ -89,7 +95,7 @@ def _tempfail(results: Sequence[MethodResult]) -> Verdict | None:
         if result.value is Value.TEMPERROR:
             code = _TEMPFAIL_CODES.get(result.method, "4.7.0")
             return Verdict(
-                Reply.of(451, code, f"{result.method}: temporary DNS error, try again later"),
+                temporary_dns_error(result.method, code),
                 f"{result.method}=temperror",
             )
     return None
@@ -106,17 +112,13 @@ def _refusal(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict |
         and dmarc.policy == "reject"  # the disposition after pct= sampling
     ):
         return Verdict(
-            Reply.of(550, "5.7.1", f"DMARC: message rejected by the policy of {dmarc.from_domain}"),
+            dmarc_rejected(dmarc.from_domain),
             "dmarc=fail p=reject",
         )
     spf = by_method.get("spf")
     if config.reject_spf_fail and spf is not None and spf.value is Value.FAIL:
-        return Verdict(
-            Reply.of(550, "5.7.23", "SPF: sender not authorized for this client"), "spf=fail"
-        )
+        return Verdict(SPF_REJECTED, "spf=fail")
     iprev = by_method.get("iprev")
     if config.reject_iprev_fail and iprev is not None and iprev.value is Value.FAIL:
-        return Verdict(
-            Reply.of(550, "5.7.25", "iprev: reverse DNS of the client does not match"), "iprev=fail"
-        )
+        return Verdict(IPREV_REJECTED, "iprev=fail")
     return None

@@ -19,12 +19,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from arproxy import names
-from arproxy.replies import Reply
-
-AUTH_INVALID = Reply.of(535, "5.7.8", "Authentication credentials invalid")
-TOO_MANY_FAILURES = Reply.of(
-    421, "4.7.0", "Too many failed authentication attempts, closing connection"
-)
+from arproxy.replies import AUTH_INVALID, TOO_MANY_FAILURES, Reply
 
 # What failures are counted under: an IPv4 address, an IPv6 /64, or (for a peer that
 # is not an IP address at all, e.g. a UNIX socket) its name as given.

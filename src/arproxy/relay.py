@@ -25,12 +25,21 @@ import aiosmtplib
 from arproxy import extensions
 from arproxy.config import Downstream, RelayConfig
 from arproxy.lmtp import LmtpArgumentError, LmtpClient, LmtpProtocolError
-from arproxy.replies import DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, LOCAL_ERROR, Reply
+from arproxy.replies import (
+    DOWNSTREAM_TIMEOUT,
+    DOWNSTREAM_UNAVAILABLE,
+    LOCAL_ERROR,
+    MAILBOX_UNAVAILABLE,
+    RECIPIENT_OK,
+    SENDER_OK,
+    UNSENDABLE_ADDRESS,
+    Reply,
+    maildir_delivered,
+)
 
 log = logging.getLogger("arproxy.relay")
 
 CLOSE_TIMEOUT = 5.0  # seconds for each RSET/QUIT when a transaction ends
-UNSENDABLE_ADDRESS = Reply.of(553, "5.1.3", "Address not accepted: control characters")
 
 
 class Delivery(Protocol):
@@ -368,7 +377,7 @@ class MaildirRelay:
 
     async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         # A Maildir stores bytes: 8-bit and UTF-8 (RFC 6531, RFC 6532) need nothing more.
-        return Opened(_MaildirDelivery(self), Reply.of(250, "2.1.0", "Sender OK"))
+        return Opened(_MaildirDelivery(self), SENDER_OK)
 
 
 class _MaildirDelivery:
@@ -376,15 +385,15 @@ class _MaildirDelivery:
         self.relay = relay
 
     async def add_recipient(self, recipient: str) -> Reply:
-        return Reply.of(250, "2.1.5", "Recipient OK")
+        return RECIPIENT_OK
 
     async def send(self, message: bytes) -> Reply:
         try:
             name = write_maildir(self.relay.root, message, self.relay.next_sequence())
         except OSError as exc:
             log.error("maildir %s: cannot deliver: %s", self.relay.root, exc)
-            return Reply.of(451, "4.3.0", "Mailbox unavailable, try again later")
-        return Reply.of(250, "2.0.0", f"Ok: delivered as {name}")
+            return MAILBOX_UNAVAILABLE
+        return maildir_delivered(name)
 
     async def close(self) -> None:
         return None

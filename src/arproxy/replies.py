@@ -73,18 +73,131 @@ def _clean(text: str) -> str:
     return _UNSAFE.sub(" ", text).strip()
 
 
-# The replies arproxy itself gives, in one place so their codes stay consistent.
+# --- The catalogue: every reply arproxy itself gives, so codes stay consistent. ---
+# Constants for fixed replies, small functions for those with a variable part.
+# RFC 3463 gives the enhanced codes; the section that asks for each reply is named.
+
 OK = Reply.of(250, "2.0.0", "OK")
 SENDER_OK = Reply.of(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply.of(250, "2.1.5", "Recipient OK")
+SHUTTING_DOWN = Reply.of(421, "4.3.2", "Service shutting down, closing transmission channel")
+LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later")
+
+
+def greeting_ok(hostname: str) -> Reply:
+    """The reply to HELO (RFC 5321 section 4.1.1.1); no enhanced code before EHLO."""
+    return Reply.of(250, None, hostname)
+
+
+def closing(hostname: str) -> Reply:
+    """The reply to QUIT (RFC 5321 section 4.1.1.10)."""
+    return Reply.of(221, "2.0.0", f"{hostname} closing connection")
+
+
+# Connection admission (arproxy.admission). A peer that is not a trusted proxy gets
+# no reply at all (code 0): it does not speak PROXY anyway.
+TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_FROM_CLIENT = Reply.of(421, "4.7.0", "Too many connections from your address")
+UNTRUSTED_PROXY = Reply(0, None, ("connection not from a trusted proxy",))
+
+
+def timeout_exceeded(hostname: str) -> Reply:
+    """An idle client is told before it is closed (RFC 5321 section 4.1.1.x: 421)."""
+    return Reply.of(421, "4.4.2", f"{hostname} timeout exceeded")
+
+
+# Commands.
+TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
+LINE_TOO_LONG = Reply.of(500, "5.5.6", "Line too long")
+# aiosmtpd's words for the same refusal at the end of DATA, with RFC 3463's code.
+LINE_TOO_LONG_IN_DATA = Reply.of(500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)")
+AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "AUTH not permitted during a mail transaction")
+INVALID_HELO = Reply.of(501, "5.5.4", "Invalid HELO/EHLO argument")
+TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Too many recipients")
+
+
+def bare_newline_refusal(hostname: str) -> Reply:
+    """Postfix 3.9's reply to a command line ending in a bare LF (it disconnects after)."""
+    return Reply.of(550, "5.5.2", f"{hostname} Error: bare <LF> received")
+
+
+# SMTP AUTH (arproxy.smtpauth, arproxy.ratelimit; RFC 4954 section 6).
+AUTH_SUCCESS = Reply.of(235, "2.7.0", "Authentication successful")
+AUTH_INVALID = Reply.of(535, "5.7.8", "Authentication credentials invalid")
+TOO_MANY_FAILURES = Reply.of(
+    421, "4.7.0", "Too many failed authentication attempts, closing connection"
+)
+
+# Addresses and parameters (arproxy.extensions; RFC 6531, RFC 6152).
+NOT_ASCII_WITHOUT_SMTPUTF8 = Reply.of(
+    553, "5.6.7", "Non-ASCII address without SMTPUTF8 (RFC 6531 section 3.5)"
+)
+SENDER_NOT_UTF8 = Reply.of(553, "5.1.7", "Malformed sender address: not UTF-8")
+RECIPIENT_NOT_UTF8 = Reply.of(553, "5.1.3", "Malformed recipient address: not UTF-8")
+DOWNSTREAM_LACKS_SMTPUTF8_ADDRESS = Reply.of(
+    553,
+    "5.6.7",
+    "Non-ASCII addresses not permitted: the next server does not offer SMTPUTF8",
+)
+DOWNSTREAM_LACKS_SMTPUTF8 = Reply.of(
+    550,
+    "5.6.9",
+    "SMTPUTF8 message cannot be transferred: the next server does not offer SMTPUTF8",
+)
+DOWNSTREAM_LACKS_8BITMIME = Reply.of(
+    554,
+    "5.6.3",
+    "Conversion required but not supported: 8-bit content and the next server "
+    "does not offer 8BITMIME (RFC 6152 section 3)",
+)
+
+# Relay control (arproxy.policy).
 RELAY_DENIED = Reply.of(550, "5.7.1", "Relaying denied: recipient domain is not local")
 # RFC 5321 section 3.6.1 and appendix C: source routes in a local part are refused.
 ROUTING_DENIED = Reply.of(
     550, "5.7.1", "Relaying denied: %, ! or @ in the local part of a local address"
 )
+
+# The message itself (arproxy.intake).
+BARE_NEWLINE_REFUSED = Reply.of(
+    550, "5.5.2", "Message refused: bare CR or LF in the message (RFC 5321 section 2.3.8)"
+)
+HEADER_TOO_LARGE = Reply.of(552, "5.3.4", "Message header exceeds the size limit")
+TOO_MANY_FIELDS = Reply.of(552, "5.3.4", "Message header has too many fields")
+NUL_REFUSED = Reply.of(550, "5.6.0", "Message refused: NUL character in the message")
+EIGHT_BIT_HEADER_REFUSED = Reply.of(
+    550, "5.6.0", "Message refused: 8-bit characters in the header without SMTPUTF8 (RFC 6532)"
+)
+HEADER_NOT_UTF8 = Reply.of(
+    550, "5.6.0", "Message refused: header bytes that are not UTF-8 (RFC 6532 section 3)"
+)
+LEADING_CONTINUATION_REFUSED = Reply.of(
+    550,
+    "5.6.0",
+    "Message refused: the header starts with a continuation line (RFC 5322 section 2.2.3)",
+)
+
+
+# The policy verdicts (arproxy.policy; RFC 7372 section 3 for the 5.7.2x codes).
+def temporary_dns_error(method: str, enhanced: str) -> Reply:
+    return Reply.of(451, enhanced, f"{method}: temporary DNS error, try again later")
+
+
+def dmarc_rejected(from_domain: str | None) -> Reply:
+    return Reply.of(550, "5.7.1", f"DMARC: message rejected by the policy of {from_domain}")
+
+
+SPF_REJECTED = Reply.of(550, "5.7.23", "SPF: sender not authorized for this client")
+IPREV_REJECTED = Reply.of(550, "5.7.25", "iprev: reverse DNS of the client does not match")
+
+# The downstream (arproxy.relay): replies we give when it could not be asked.
 DOWNSTREAM_UNAVAILABLE = Reply.of(451, "4.4.1", "Downstream server unavailable, try again later")
 DOWNSTREAM_TIMEOUT = Reply.of(
     451, "4.4.1", "Downstream server did not answer in time, try again later"
 )
-LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later")
-SHUTTING_DOWN = Reply.of(421, "4.3.2", "Service shutting down, closing transmission channel")
+UNSENDABLE_ADDRESS = Reply.of(553, "5.1.3", "Address not accepted: control characters")
+MAILBOX_UNAVAILABLE = Reply.of(451, "4.3.0", "Mailbox unavailable, try again later")
+
+
+def maildir_delivered(name: str) -> Reply:
+    return Reply.of(250, "2.0.0", f"Ok: delivered as {name}")

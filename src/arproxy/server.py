@@ -1,9 +1,11 @@
 """The SMTP listener: aiosmtpd glue and nothing else.
 
-`SessionHandler` turns aiosmtpd's hooks into calls on the pipeline and the
-pipeline's `Reply` values back into reply lines. `ArproxySMTP` adds what aiosmtpd
-lacks: enhanced status codes on its own replies, per-session state that is cleaned
-up when a client simply disconnects, and a registry so that SIGTERM can drain.
+`SessionHandler` turns aiosmtpd's hooks into calls on the connection's
+`pipeline.Session` (one per SMTP event) and the `Reply` values it returns into reply
+lines. `ArproxySMTP` adds what aiosmtpd lacks: a log line for each refusal, the
+pipeline session cleaned up when a client simply disconnects, admission and drain
+(`arproxy.admission`). aiosmtpd's private hooks are reached only through
+`arproxy.smtpd`. Nothing here imports a check.
 """
 
 from __future__ import annotations
@@ -11,170 +13,84 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 from collections.abc import Sequence
-from typing import Any, AnyStr, NoReturn
+from typing import Any, NoReturn
 
-from aiosmtpd.smtp import (
-    MISSING,
-    SMTP,
-    AuthResult,
-    Envelope,
-    LoginPassword,
-    Session,
-    TLSSetupException,
-)
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
 
-from arproxy import extensions
-from arproxy.checks.runner import SessionChecks
+from arproxy import extensions, logcontext
+from arproxy.admission import SessionRegistry
 from arproxy.config import Config
-from arproxy.pipeline import ClientInfo, Pipeline, Transaction, printable
-from arproxy.ratelimit import client_key
-from arproxy.replies import LOCAL_ERROR, SENDER_OK, SHUTTING_DOWN, Reply
+from arproxy.outcome import printable
+from arproxy.pipeline import Pipeline
+from arproxy.pipeline import Session as PipelineSession
+from arproxy.replies import (
+    AUTH_IN_TRANSACTION,
+    LINE_TOO_LONG,
+    LOCAL_ERROR,
+    OK,
+    SHUTTING_DOWN,
+    TLS_FAILED,
+    TOO_MANY_FROM_CLIENT,
+    Reply,
+    bare_newline_refusal,
+    closing,
+    greeting_ok,
+    timeout_exceeded,
+)
 from arproxy.smtpauth import Authenticator
-from arproxy.streams import adopt_reader, adopt_tls_protocol
+from arproxy.smtpd import SMTPAdapter
 from arproxy.tls import ReloadableContext
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_PENDING = "arproxy: credentials to check"
-TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
-LINE_TOO_LONG = Reply.of(500, "5.5.6", "Line too long")
-# aiosmtpd's words for the same refusal at the end of DATA, with RFC 3463's code.
-LINE_TOO_LONG_IN_DATA = Reply.of(500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)")
-AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "AUTH not permitted during a mail transaction")
+__all__ = [
+    "ArproxySMTP",
+    "ArproxySession",
+    "SessionHandler",
+    "SessionRegistry",
+    "authserv_capability",
+    "make_protocol_factory",
+]
+
 # Per session: a client re-sending EHLO (each starts an SPF check) or anything else
 # without end is cut off with aiosmtpd's "421 4.7.0 <cmd> sent too many times".
 COMMAND_CALL_LIMITS = {"EHLO": 50, "HELO": 50, "*": 5000}
-INVALID_HELO = Reply.of(501, "5.5.4", "Invalid HELO/EHLO argument")
-_HELO_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 PROXY_HEADER_TIMEOUT = 5.0  # seconds a trusted proxy has to send the PROXY header
-TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Too many connections, try again later")
-TOO_MANY_FROM_CLIENT = Reply.of(421, "4.7.0", "Too many connections from your address")
-# A peer that is not a trusted proxy gets no reply: it does not speak PROXY anyway.
-UNTRUSTED_PROXY = Reply(0, None, ("connection not from a trusted proxy",))
 
 log = logging.getLogger("arproxy.server")
 
 IDENT = "ESMTP arproxy"
 
-# RFC 3463 codes for the replies aiosmtpd writes itself, which carry none.
-_ENHANCED_BY_CODE = {
-    221: "2.0.0",
-    250: "2.0.0",
-    421: "4.3.0",
-    451: "4.3.0",
-    500: "5.5.2",
-    501: "5.5.4",
-    502: "5.5.1",
-    503: "5.5.1",
-    504: "5.5.4",
-    530: "5.7.0",
-    552: "5.3.4",
-    553: "5.1.3",
-    554: "5.5.0",
-    555: "5.5.4",
-}
-_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
-
 
 class ArproxySession(Session):
-    """aiosmtpd's session plus our checks and the mail transaction in progress."""
+    """aiosmtpd's session plus the pipeline's session for this connection."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
-        self.client_ip: str | None = None  # from the socket, or the PROXY header
-        self.auth_identity: str | None = None
-        self.checks: SessionChecks | None = None
-        self.transaction: Transaction | None = None
+        self.state: PipelineSession | None = None  # once the client's address is known
         self.offered: frozenset[str] = frozenset()  # keywords of our last EHLO reply
 
 
-def bare_newline_refusal(hostname: str) -> Reply:
-    """Postfix 3.9's reply to a command line ending in a bare LF (it disconnects after)."""
-    return Reply.of(550, "5.5.2", f"{hostname} Error: bare <LF> received")
-
-
-class SessionRegistry:
-    """The open sessions of one listener, so that shutdown can drain them."""
-
-    def __init__(self) -> None:
-        self.open: set[ArproxySMTP] = set()
-        self.draining = False
-
-    def refusal_for(self, peer_ip: str, config: Config) -> Reply | None:
-        """Why a new connection from `peer_ip` may not even get a banner, if so."""
-        if self.draining:
-            return SHUTTING_DOWN
-        # Every open socket counts against the total (it holds memory and a file);
-        # the per-address limit counts sessions in progress (see count_client).
-        if len(self.open) >= config.limits.max_connections:
-            return TOO_MANY_CONNECTIONS
-        if config.server.proxy_protocol and not _in_networks(
-            peer_ip, config.server.trusted_proxies
-        ):
-            return UNTRUSTED_PROXY
-        if not config.server.proxy_protocol and (
-            self.count_client(peer_ip) >= config.limits.max_connections_per_ip
-        ):
-            return TOO_MANY_FROM_CLIENT
-        return None
-
-    async def wait_closed(self, timeout: float) -> None:
-        """After drain: let the closed sessions' connection_lost run (it starts their
-        downstream clean-up) before the service stops."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.open and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-
-    def count_client(self, client_ip: str) -> int:
-        """Sessions in progress from this client: per address for IPv4, per /64 for
-        IPv6 (one IPv6 host has a whole /64 to pick addresses from). A session that
-        has been answered 221 or is closing is over for the client, which may
-        already open its next one (Postfix does as soon as it has its 250): it no
-        longer counts."""
-        key = client_key(client_ip)
-        return sum(
-            1
-            for protocol in self.open
-            if protocol.in_progress and client_key(protocol.client_text) == key
-        )
-
-    async def drain(self, grace: float) -> None:
-        """Close idle sessions now, busy ones when done, the rest after `grace`."""
-        self.draining = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.open and loop.time() < deadline:
-            for protocol in list(self.open):
-                if protocol.is_idle:
-                    protocol.close_with(SHUTTING_DOWN)
-            await asyncio.sleep(0.05)
-        for protocol in list(self.open):
-            log.warning("session %s still busy after %.0fs: closing it", protocol.peer_text, grace)
-            protocol.close_with(SHUTTING_DOWN)
-
-
-class ArproxySMTP(SMTP):
+class ArproxySMTP(SMTPAdapter):
     def __init__(self, handler: SessionHandler, registry: SessionRegistry, **kwargs: Any) -> None:
-        # aiosmtpd's DATA line limit (read by its constructor): the text of a line,
-        # plus CRLF, plus a transparency dot (RFC 5321 section 4.5.2).
-        self.line_length_limit = handler.config.limits.max_line_length + 3
-        super().__init__(handler, **kwargs)
+        super().__init__(handler, max_line_length=handler.config.limits.max_line_length, **kwargs)
         self.pipeline = handler.pipeline
         self.config = handler.config
         self.registry = registry
-        self._in_greeting_reply = False
         self._refused = False
-        self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
         # RFC 5321 section 2.3.8: command lines end in CRLF; "normalize" tolerates LF.
         self.reject_bare_newline = handler.config.limits.bare_newline == "reject"
         self.quitting = False  # answered 221: over for the client
         self._reply_logged = False  # the next reply's decision was logged already
         self._close_after_reply = False
 
-    def _create_session(self) -> ArproxySession:
+    def new_session(self) -> ArproxySession:
         return ArproxySession(self.loop)
+
+    @property
+    def state(self) -> PipelineSession | None:
+        """The pipeline's session, once the client's address is known."""
+        session = self.session
+        return session.state if isinstance(session, ArproxySession) else None
 
     @property
     def peer_text(self) -> str:
@@ -189,15 +105,26 @@ class ArproxySMTP(SMTP):
 
     @property
     def is_idle(self) -> bool:
-        session = self.session
-        return not isinstance(session, ArproxySession) or session.transaction is None
+        state = self.state
+        return state is None or state.transaction is None
+
+    @property
+    def client_text(self) -> str:
+        state = self.state
+        return state.facts.ip if state is not None else self.peer_text
+
+    @property
+    def log_prefix(self) -> str:
+        """`id=QUEUEID client=IP` within a transaction, `client=IP` outside one."""
+        state = self.state
+        return state.log_prefix if state is not None else f"client={self.client_text}"
+
+    # --- the connection ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is not None:  # after STARTTLS: a new transport, same client
             before = self.session
             super().connection_made(transport)  # aiosmtpd starts a new session here
-            if self._tls_protocol is not None:
-                adopt_tls_protocol(self._tls_protocol)
             self._carry_over(before)
             return
         peer = transport.get_extra_info("peername")
@@ -215,8 +142,9 @@ class ArproxySMTP(SMTP):
             return
         super().connection_made(transport)
         self.registry.open.add(self)
-        assert self._handler_coroutine is not None
-        self._handler_coroutine.add_done_callback(self._session_task_done)
+        task = self.session_task
+        assert task is not None
+        task.add_done_callback(self._session_task_done)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and self.session is not None:
             self.session.ssl = ssl_object  # implicit TLS: encrypted from the first byte
@@ -224,55 +152,43 @@ class ArproxySMTP(SMTP):
             self.admit_client(peer_ip)
 
     def _carry_over(self, before: Session | None) -> None:
-        """Keep what belongs to the connection across STARTTLS: the client's address
-        and its checks (iprev). RFC 3207 4.2 resets the rest: HELO, transaction."""
+        """Keep the connection's pipeline session across STARTTLS (aiosmtpd starts a
+        new session object); the pipeline session resets what RFC 3207 4.2 resets."""
         after = self.session
         if not isinstance(before, ArproxySession) or not isinstance(after, ArproxySession):
             return
-        after.client_ip = before.client_ip
-        after.checks = before.checks
-        if before.transaction is not None:
-            self.pipeline.in_background(before.transaction.close())
-        if after.checks is not None:
-            after.checks.on_starttls()
+        after.state = before.state
+        if after.state is not None:
+            after.state.starttls()
 
     def admit_client(self, client_ip: str) -> bool:
-        """The client's address is known (PROXY header or socket): start its checks."""
+        """The client's address is known (PROXY header or socket): open its session."""
         assert isinstance(self.session, ArproxySession)
-        self.session.client_ip = client_ip
         log.info(
             "connect from %s%s",
             client_ip,
             f" via proxy {self.peer_text}" if self.config.server.proxy_protocol else "",
         )
-        if self.registry.count_client(client_ip) > self.config.limits.max_connections_per_ip:
+        if self.registry.client_is_full(client_ip, self.config):
             log.warning("client %s over max_connections_per_ip: closing", client_ip)
             self.close_with(TOO_MANY_FROM_CLIENT, logged=True)
             return False
-        self.session.checks = self.pipeline.start_session(client_ip)
+        peer = self.session.peer
+        port = int(peer[1]) if isinstance(peer, tuple) else 0
+        tls = self.session.ssl is not None
+        self.session.state = self.pipeline.open_session(client_ip, port, tls=tls)
         return True
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return  # never reached aiosmtpd, nothing to clean up
         self.registry.open.discard(self)
-        session = self.session
+        state = self.state
+        client = self.client_text
         super().connection_lost(error)
-        if isinstance(session, ArproxySession):
-            # No hook runs when a client just disconnects: stop its checks and
-            # abandon the downstream transaction here, or they would linger.
-            if session.checks is not None:
-                session.checks.close()
-            if session.transaction is not None:
-                transaction, session.transaction = session.transaction, None
-                log.info(
-                    "id=%s client=%s connection closed before the end of the transaction: "
-                    "nothing relayed",
-                    transaction.queue_id,
-                    self.client_text,
-                )
-                self.pipeline.in_background(transaction.close())
-        log.info("disconnect from %s", self.client_text)
+        if state is not None:
+            state.close()
+        log.info("disconnect from %s", client)
 
     def _session_task_done(self, task: asyncio.Future[None]) -> None:
         """aiosmtpd never awaits its session task: observe how it ended, so that no
@@ -287,26 +203,9 @@ class ArproxySMTP(SMTP):
 
     # --- the client's byte stream (arproxy.streams) ---
 
-    def _cb_client_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        super()._cb_client_connected(adopt_reader(reader, self), writer)
-
     def eof_received(self) -> bool | None:
-        """The client closed its sending side: stop reading, but keep answering.
-
-        aiosmtpd cancels the session here, losing the replies owed for the
-        commands already buffered (a pipelined end of DATA and QUIT, RFC 5321
-        section 3.8). The reader hands those over first and then reports the EOF
-        (`on_client_eof`), which closes the connection. True keeps a plain TCP
-        socket half-open; over TLS, arproxy.streams keeps it open.
-        """
         log.debug("client=%s closed its sending side", self.client_text)
-        asyncio.StreamReaderProtocol.eof_received(self)  # feeds EOF to the reader
-        # Over TLS the return value means nothing (asyncio warns about True); the
-        # transport may be closing already, so its extra info is not asked.
-        session = self.session
-        return session is None or session.ssl is None
+        return super().eof_received()
 
     async def on_client_eof(self, partial: bytes) -> NoReturn:
         if partial:
@@ -339,13 +238,7 @@ class ArproxySMTP(SMTP):
         await self.loop.create_future()
         raise ConnectionResetError("connection closed")  # not reached: cancelled first
 
-    @property
-    def log_prefix(self) -> str:
-        """`id=QUEUEID client=IP` within a transaction, `client=IP` outside one."""
-        session = self.session
-        if isinstance(session, ArproxySession) and session.transaction is not None:
-            return f"id={session.transaction.queue_id} client={self.client_text}"
-        return f"client={self.client_text}"
+    # --- replies ---
 
     def reply_logged(self) -> None:
         """The decision behind the next reply has its log line: do not log it twice."""
@@ -355,53 +248,26 @@ class ArproxySMTP(SMTP):
         """Close once the next reply is written."""
         self._close_after_reply = True
 
-    @property
-    def client_text(self) -> str:
-        session = self.session
-        if isinstance(session, ArproxySession) and session.client_ip is not None:
-            return session.client_ip
-        return self.peer_text
-
-    # --- SMTP AUTH: aiosmtpd parses PLAIN and LOGIN, our Authenticator decides ---
-
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        # aiosmtpd's hook is synchronous; hand the credentials back to the async
-        # auth_PLAIN / auth_LOGIN below, which check them off the event loop.
-        return AuthResult(success=False, handled=False, message=_PENDING, auth_data=auth_data)
-
-    async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
-        return await self._decide_auth(await super().auth_PLAIN(server, args))
-
-    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
-        return await self._decide_auth(await super().auth_LOGIN(server, args))
-
-    async def _decide_auth(self, parsed: AuthResult) -> AuthResult:
-        authenticator = self.event_handler.authenticator
-        if parsed.message is not _PENDING or authenticator is None:
-            return parsed  # cancelled by the client, or already answered by aiosmtpd
-        assert isinstance(self.session, ArproxySession)
-        credentials = parsed.auth_data
-        assert isinstance(credentials, LoginPassword)
-        outcome = await authenticator.authenticate(
-            self.client_text, credentials.login, credentials.password
+    def log_reply(self, status: str) -> None:
+        """Refusals at info (one line each), every other reply at debug."""
+        logged, self._reply_logged = self._reply_logged, False
+        refusal = status[:1] in ("4", "5")
+        if logged or not (refusal or log.isEnabledFor(logging.DEBUG)):
+            return
+        log.log(
+            logging.INFO if refusal else logging.DEBUG,
+            "%s reply %r",
+            self.log_prefix,
+            status.replace("\r\n", " / "),
         )
-        checks = self.session.checks
-        if outcome.identity is not None:
-            self.session.auth_identity = outcome.identity
-            if checks is not None:
-                checks.on_auth(outcome.identity)
-            return AuthResult(success=True, message=str(outcome.reply), auth_data=outcome.identity)
-        if checks is not None and outcome.attempted is not None:
-            checks.on_auth_failure(outcome.attempted)
-        self.reply_logged()  # the authenticator logged the failure
-        if outcome.disconnect:
-            self.close_with(outcome.reply, logged=True)
-            return AuthResult(success=False, handled=True)
-        return AuthResult(success=False, handled=False, message=str(outcome.reply))
 
-    def _timeout_cb(self) -> None:
+    def after_reply(self) -> None:
+        if self._close_after_reply and self.transport is not None:
+            self.transport.close()
+
+    def on_idle_timeout(self) -> None:
         # aiosmtpd closes an idle connection without a word; RFC 5321 4.1.1.x wants 421.
-        self.close_with(Reply.of(421, "4.4.2", f"{self.config.server.hostname} timeout exceeded"))
+        self.close_with(timeout_exceeded(self.config.server.hostname))
 
     def close_with(self, reply: Reply, *, logged: bool = False) -> None:
         """Send `reply` (a 421, RFC 5321 section 3.8) and close, whatever the session
@@ -418,41 +284,56 @@ class ArproxySMTP(SMTP):
         self.reply_logged()  # SessionHandler.handle_exception logged it
         return status
 
-    async def smtp_EHLO(self, hostname: str) -> None:
-        self._in_greeting_reply = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._in_greeting_reply = False
+    # --- SMTP AUTH: aiosmtpd parses PLAIN and LOGIN, our Authenticator decides ---
+
+    async def decide_auth(self, parsed: AuthResult) -> AuthResult:
+        authenticator = self.event_handler.authenticator
+        state = self.state
+        if authenticator is None or state is None:
+            return parsed
+        credentials = parsed.auth_data
+        assert isinstance(credentials, LoginPassword)
+        outcome = await authenticator.authenticate(
+            self.client_text, credentials.login, credentials.password
+        )
+        if outcome.identity is not None:
+            state.authenticated(outcome.identity)
+            return AuthResult(success=True, message=str(outcome.reply), auth_data=outcome.identity)
+        state.auth_failed(outcome.attempted)
+        self.reply_logged()  # the authenticator logged the failure
+        if outcome.disconnect:
+            self.close_with(outcome.reply, logged=True)
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=str(outcome.reply))
+
+    # --- commands whose handling aiosmtpd does not hand to a hook ---
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        await super().smtp_STARTTLS(arg)
+        if self.is_idle:
+            # The TLS layer restarted the session (connection_made, outside this
+            # task): the task's log lines no longer belong to a transaction.
+            logcontext.set_queue_id(None)
 
     async def smtp_DATA(self, arg: str) -> None:
         # aiosmtpd resets its idle timer per command, not per line of data: give the
         # whole transfer (and our reply) its own, longer bound.
-        self._reset_timeout(self.config.limits.data_timeout)
+        self.set_timeout(self.config.limits.data_timeout)
         await super().smtp_DATA(arg)
-        self._reset_timeout()
-        session = self.session
+        self.set_timeout()
+        state = self.state
         envelope = self.envelope
         if (
-            isinstance(session, ArproxySession)
-            and session.transaction is not None
+            state is not None
+            and state.transaction is not None
             and envelope is not None
             and envelope.mail_from is None
         ):
             # aiosmtpd refused the data itself (552 too much, 500 line too long) and
             # reset the envelope without calling our hook: end our side too.
-            transaction, session.transaction = session.transaction, None
-            transaction.close_later()
+            state.abandon()
 
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        self._parameters_of = "MAIL"
-        await super().smtp_MAIL(arg)
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        self._parameters_of = "RCPT"
-        await super().smtp_RCPT(arg)
-
-    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+    def screen_parameters(self, verb: str, params: Sequence[str]) -> dict[str, str | bool] | None:
         """aiosmtpd's parameter reader, replaced by the RFC 5321 grammar and our offer.
 
         aiosmtpd answers None with 501, pops the parameters it knows (SIZE, BODY,
@@ -461,7 +342,6 @@ class ArproxySMTP(SMTP):
         parameter of an extension we did not offer is handed back under a key aiosmtpd
         cannot pop, which gets it the 555 of RFC 5321 section 4.1.1.11.
         """
-        verb = self._parameters_of
         session = self.session
         offered = session.offered if isinstance(session, ArproxySession) else frozenset()
         if session is not None and session.authenticated:
@@ -490,46 +370,6 @@ class ArproxySMTP(SMTP):
         result.update({f"-{p.keyword}": True for p in screened.not_offered})
         return result
 
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._in_greeting_reply = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._in_greeting_reply = False
-
-    async def push(self, status: AnyStr) -> None:
-        """Every reply goes out here: our hooks' and aiosmtpd's own. Each refusal gets
-        its log line (hooks whose decision was logged say so with reply_logged)."""
-        if isinstance(status, str):
-            if not self._in_greeting_reply:
-                status = _with_enhanced_code(status)
-            self._log_reply(status)
-        await super().push(status)
-        if self._close_after_reply and self.transport is not None:
-            self.transport.close()
-
-    def _log_reply(self, status: str) -> None:
-        """Refusals at info (one line each), every other reply at debug."""
-        logged, self._reply_logged = self._reply_logged, False
-        refusal = status[:1] in ("4", "5")
-        if logged or not (refusal or log.isEnabledFor(logging.DEBUG)):
-            return
-        log.log(
-            logging.INFO if refusal else logging.DEBUG,
-            "%s reply %r",
-            self.log_prefix,
-            status.replace("\r\n", " / "),
-        )
-
-
-def _with_enhanced_code(status: str) -> str:
-    if _HAS_ENHANCED.match(status) or len(status) < 4 or not status[:3].isdigit():
-        return status
-    enhanced = _ENHANCED_BY_CODE.get(int(status[:3]))
-    if enhanced is None:
-        return status  # 220, 235, 334, 354: no enhanced code belongs there
-    return f"{status[:4]}{enhanced} {status[4:]}"
-
 
 def authserv_capability(config: Config, *, authenticated: bool) -> str | None:
     """The EHLO keyword line promising that we strip forged fields (draft section 3).
@@ -547,7 +387,8 @@ def authserv_capability(config: Config, *, authenticated: bool) -> str | None:
 
 
 class SessionHandler:
-    """aiosmtpd's handler: one hook per SMTP command, delegating to the pipeline."""
+    """aiosmtpd's handler: one hook per SMTP command, each a call on the pipeline's
+    session and its `Reply` written back. The session logs the refusals it decides."""
 
     def __init__(
         self,
@@ -568,7 +409,8 @@ class SessionHandler:
         if source is None:
             # PROXY v2 LOCAL (the balancer's own health check) or UNKNOWN: the
             # connection is the proxy's own; it is served as coming from the proxy.
-            return server.admit_client(_client_ip(session))
+            peer = session.peer
+            return server.admit_client(str(peer[0]) if isinstance(peer, tuple) else "0.0.0.0")
         try:
             client_ip = str(ipaddress.ip_address(source))
         except ValueError:
@@ -581,7 +423,7 @@ class SessionHandler:
     async def handle_AUTH(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, args: list[str]
     ) -> object:
-        if session.transaction is not None:
+        if _state(session).transaction is not None:
             return str(AUTH_IN_TRANSACTION)  # RFC 4954 section 4
         return MISSING  # aiosmtpd goes on with the mechanism
 
@@ -593,13 +435,9 @@ class SessionHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        await self._abandon(session)  # aiosmtpd has reset the envelope already
-        if not helo_acceptable(hostname):
-            log.info("client=%s invalid EHLO %s: refused", server.client_text, printable(hostname))
-            server.reply_logged()
-            return [str(INVALID_HELO)]
-        session.host_name = hostname  # aiosmtpd leaves this to a hook that exists
-        _checks(session).on_helo(hostname)
+        refusal = await self._greet(server, session, hostname, esmtp=True)
+        if refusal is not None:
+            return [refusal]
         extra = ["250-ENHANCEDSTATUSCODES", "250-PIPELINING"]
         capability = authserv_capability(self.config, authenticated=bool(session.authenticated))
         if capability is not None:
@@ -614,14 +452,20 @@ class SessionHandler:
     async def handle_HELO(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, hostname: str
     ) -> str:
-        await self._abandon(session)
-        if not helo_acceptable(hostname):
-            log.info("client=%s invalid HELO %s: refused", server.client_text, printable(hostname))
-            server.reply_logged()
-            return str(INVALID_HELO)
-        session.host_name = hostname
-        _checks(session).on_helo(hostname)
-        return f"250 {self.config.server.hostname}"
+        refusal = await self._greet(server, session, hostname, esmtp=False)
+        return refusal or str(greeting_ok(self.config.server.hostname))
+
+    async def _greet(
+        self, server: ArproxySMTP, session: ArproxySession, hostname: str, *, esmtp: bool
+    ) -> str | None:
+        """EHLO and HELO alike: the refusal to write, or None (aiosmtpd has reset the
+        envelope already)."""
+        refusal = await _state(session).helo(hostname, esmtp=esmtp)
+        if refusal is None:
+            session.host_name = hostname  # aiosmtpd leaves this to a hook that exists
+            return None
+        server.reply_logged()
+        return str(refusal)
 
     async def handle_MAIL(
         self,
@@ -631,27 +475,20 @@ class SessionHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        await self._abandon(session)
+        state = _state(session)
         if server.registry.draining:
             # Postfix's behaviour on stop: no new transaction, and the session ends
             # with this reply (RFC 5321 section 3.8: 421, then close).
+            await state.reset()
             server.close_after_reply()
             return str(SHUTTING_DOWN)
-        refusal = extensions.address_refusal(
-            address, smtputf8=bool(envelope.smtp_utf8), sender=True
-        )
-        if refusal is not None:
-            log.info(
-                "client=%s from=<%s> refused: %s", server.client_text, printable(address), refusal
-            )
+        reply = await state.mail(address, mail_options)
+        if not reply.is_success:
             server.reply_logged()
-            return str(refusal)
-        session.transaction = self.pipeline.begin(
-            _client_info(server, session), _checks(session), address, mail_options
-        )
+            return str(reply)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        return str(SENDER_OK)
+        return str(reply)
 
     async def handle_RCPT(
         self,
@@ -661,71 +498,38 @@ class SessionHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        transaction = session.transaction
-        assert transaction is not None, "aiosmtpd refuses RCPT before MAIL"
-        if len(transaction.recipients) >= self.config.limits.max_recipients:
-            return str(Reply.of(452, "4.5.3", "Too many recipients"))
-        refusal = extensions.address_refusal(address, smtputf8=transaction.smtputf8, sender=False)
-        if refusal is not None:
-            log.info(
-                "id=%s client=%s to=<%s> refused: %s",
-                transaction.queue_id,
-                server.client_text,
-                printable(address),
-                refusal,
-            )
-            server.reply_logged()
-            return str(refusal)
-        reply = await transaction.add_recipient(address)
-        if reply.is_success:
+        outcome = await _state(session).rcpt(address)
+        if outcome.reply.is_success:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
         else:
-            server.reply_logged()  # the transaction logged why
-        return str(reply)
+            server.reply_logged()
+        return str(outcome.reply)
 
     async def handle_DATA(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope
     ) -> str:
-        transaction = session.transaction
-        assert transaction is not None, "aiosmtpd refuses DATA before RCPT"
         content = envelope.content
         assert isinstance(content, bytes), "decode_data is off"
-        try:
-            if has_line_over(content, self.config.limits.max_line_length):
-                # aiosmtpd's own bound counts a transparency dot on every line
-                # (one octet of slack); the limit is on the text (RFC 5321 4.5.3.1.6).
-                reply = LINE_TOO_LONG_IN_DATA
-                log.info("%s reject: %s (over limits.max_line_length)", server.log_prefix, reply)
-            else:
-                reply = await transaction.deliver(content)
-        except Exception as error:  # a bug of ours must not cost the mail
-            # Answered here rather than in handle_exception, so aiosmtpd still resets
-            # the transaction state and the session stays usable.
-            log.error("internal error in DATA: %s", error, exc_info=error)
-            reply = LOCAL_ERROR
-        finally:
-            transaction.close_later()
-            # Cleared only now and with no await before the reply is pushed, so a
-            # draining shutdown never takes this session for idle mid-delivery.
-            session.transaction = None
-        # deliver() logged the outcome (or the error above). When draining, the
-        # session is idle from here: the drain closes it, or its next MAIL gets 421.
+        outcome = await _state(session).data(content)
+        # Logged by the session. When draining, the session is idle from here: the
+        # drain closes it, or its next MAIL gets 421.
         server.reply_logged()
-        return str(reply)
+        return str(outcome.reply)
 
     async def handle_RSET(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope
     ) -> str:
-        await self._abandon(session)
-        return "250 2.0.0 OK"
+        await _state(session).reset()
+        return str(OK)
 
     async def handle_QUIT(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope
     ) -> str:
-        await self._abandon(session)
+        if session.state is not None:
+            await session.state.reset()
         server.quitting = True
-        return f"221 2.0.0 {self.config.server.hostname} closing connection"
+        return str(closing(self.config.server.hostname))
 
     async def handle_exception(self, error: Exception) -> str:
         if _is_line_overflow(error):
@@ -742,19 +546,6 @@ class SessionHandler:
         log.error("internal error: %s", error, exc_info=error)
         return str(LOCAL_ERROR)
 
-    async def _abandon(self, session: ArproxySession) -> None:
-        transaction, session.transaction = session.transaction, None
-        if session.checks is not None:
-            session.checks.reset_transaction()
-        if transaction is not None:
-            await transaction.close()
-
-
-def has_line_over(content: bytes, limit: int) -> bool:
-    """Whether a line of `content` holds more than `limit` octets. A bare CR or LF
-    also ends a line here: the intake refuses it, or makes it CRLF (bare_newline)."""
-    return max(map(len, content.splitlines()), default=0) > limit  # CRLF, CR, LF
-
 
 def _is_line_overflow(error: Exception) -> bool:
     # asyncio's StreamReader.readline() turns its LimitOverrunError into a ValueError
@@ -765,46 +556,9 @@ def _is_line_overflow(error: Exception) -> bool:
     )
 
 
-def helo_acceptable(hostname: str) -> bool:
-    """Refuse what no HELO name can be: controls, white space, over 255 octets.
-
-    Anything else printable is taken (real clients send odd names) and judged by
-    SPF's HELO check; our Received line writes it only when it is a valid domain.
-    Non-ASCII is refused: with SMTPUTF8 offered aiosmtpd decodes commands as UTF-8,
-    but SMTPUTF8 is asked for on MAIL (RFC 6531 section 3.4), after EHLO, whose
-    domain stays ASCII (RFC 5321 section 4.1.1.1).
-    """
-    return 0 < len(hostname) <= 255 and hostname.isascii() and not _HELO_FORBIDDEN.search(hostname)
-
-
-def _in_networks(ip: str, networks: Sequence[IPNetwork]) -> bool:
-    address = ipaddress.ip_address(ip)
-    return any(address in network for network in networks)
-
-
-def _checks(session: ArproxySession) -> SessionChecks:
-    assert session.checks is not None, "set when the connection was made"
-    return session.checks
-
-
-def _client_ip(session: ArproxySession) -> str:
-    if session.client_ip is not None:
-        return session.client_ip
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) else "0.0.0.0"
-
-
-def _client_info(server: ArproxySMTP, session: ArproxySession) -> ClientInfo:
-    peer = session.peer
-    port = int(peer[1]) if isinstance(peer, tuple) else 0
-    return ClientInfo(
-        ip=_client_ip(session),
-        port=port,
-        helo=session.host_name,
-        esmtp=bool(session.extended_smtp),
-        tls=session.ssl is not None,
-        auth_identity=session.auth_identity,
-    )
+def _state(session: ArproxySession) -> PipelineSession:
+    assert session.state is not None, "opened when the client's address became known"
+    return session.state
 
 
 def make_protocol_factory(

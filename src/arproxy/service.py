@@ -12,11 +12,12 @@ import asyncio
 import logging
 import signal
 
+from arproxy.admission import SessionRegistry
 from arproxy.config import Config, HostPort
 from arproxy.pipeline import Pipeline
 from arproxy.relay import CLOSE_TIMEOUT
 from arproxy.resources import WorkerResources
-from arproxy.server import SessionHandler, SessionRegistry, make_protocol_factory
+from arproxy.server import SessionHandler, make_protocol_factory
 from arproxy.smtpauth import Authenticator
 from arproxy.streams import serve_tls
 from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed

@@ -13,13 +13,11 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from arproxy.ratelimit import TOO_MANY_FAILURES, AuthFailureLimiter
-from arproxy.replies import Reply
+from arproxy.ratelimit import AuthFailureLimiter
+from arproxy.replies import AUTH_SUCCESS, TOO_MANY_FAILURES, Reply
 from arproxy.users import UsersFile, user_problem
 
 log = logging.getLogger("arproxy.auth")
-
-AUTH_SUCCESS = Reply.of(235, "2.7.0", "Authentication successful")
 
 
 @dataclass(frozen=True)

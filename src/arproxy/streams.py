@@ -11,8 +11,9 @@ And a command line must end in CRLF (RFC 5321 section 2.3.8): a line ending in
 a bare LF is where an injected second command would start.
 
 These override private parts of asyncio (3.11 `sslproto.SSLProtocol`) and
-aiosmtpd (`SMTP._reader` reads); `tests/unit/test_streams.py` fails if a hook
-they rely on disappears, and pyproject pins aiosmtpd below 1.5.
+aiosmtpd (`SMTP._reader` reads, installed by `arproxy.smtpd`, whose list of aiosmtpd
+hooks `tests/unit/test_smtpd.py` checks); `tests/unit/test_streams.py` fails if an
+asyncio hook they rely on disappears, and pyproject pins aiosmtpd below 1.5.
 """
 
 from __future__ import annotations

@@ -139,3 +139,10 @@ def test_the_border_check_sees_each_way_of_importing(
     )
     expected = module.removesuffix(".py").replace("/", ".")
     assert border_modules_importing_client(root) == [f"arproxy.{expected}"]
+
+
+@pytest.mark.parametrize("module", ["server.py", "smtpd.py", "admission.py"])
+def test_the_smtp_glue_imports_no_check(module: str) -> None:
+    """The server drives the pipeline's Session, which owns the checks (issue: seam 1)."""
+    names = imported_names(SRC / module, SRC)
+    assert not [name for name in names if name.startswith("arproxy.checks")], names

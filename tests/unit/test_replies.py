@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from arproxy.replies import Reply
-from arproxy.server import _with_enhanced_code
+from arproxy.smtpd import with_enhanced_code as _with_enhanced_code
 
 
 def test_downstream_multiline_reply_keeps_enhanced_code_on_every_line() -> None:

@@ -11,10 +11,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import pytest
-from aiosmtpd.smtp import SMTP
 
-from arproxy.config import parse_config
-from arproxy.server import ArproxySMTP, SessionRegistry, has_line_over
+from arproxy.pipeline import has_line_over
 from arproxy.streams import ClientReader, HalfCloseSSLProtocol, adopt_reader, ends_in_crlf
 
 
@@ -131,26 +129,7 @@ def test_ends_in_crlf() -> None:
     assert not ends_in_crlf(b"\n", b"x")
 
 
-# --- the private hooks arproxy.streams and arproxy.server override or call ---
-
-
-def test_aiosmtpd_hooks_are_still_there() -> None:
-    assert callable(SMTP._cb_client_connected)
-    assert callable(SMTP.eof_received)
-    assert SMTP.line_length_limit == 1001
-    assert "asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit)" in (
-        inspect.getsource(SMTP.__init__)
-    )
-    client = inspect.getsource(SMTP._handle_client)
-    assert "self._reader.readuntil()" in client
-    assert "self._handler_coroutine" in inspect.getsource(SMTP.connection_made)
-    assert "self._reader.readuntil(b'\\r\\n')" in inspect.getsource(SMTP.smtp_DATA)
-    assert "self._reader.readline()" in inspect.getsource(SMTP.challenge_auth)
-    starttls = inspect.getsource(SMTP.smtp_STARTTLS)
-    assert "self._tls_protocol = sslproto.SSLProtocol(" in starttls
-    # eof_received cancelling the session is what ArproxySMTP.eof_received replaces.
-    assert "self._handler_coroutine.cancel()" in inspect.getsource(SMTP.eof_received)
-    assert ArproxySMTP.eof_received is not SMTP.eof_received
+# --- the private hooks of asyncio arproxy.streams overrides (aiosmtpd: test_smtpd.py) ---
 
 
 def test_asyncio_ssl_hooks_are_still_there() -> None:
@@ -163,34 +142,6 @@ def test_asyncio_ssl_hooks_are_still_there() -> None:
     read = inspect.getsource(sslproto.SSLProtocol._do_read__copied)
     assert "self._call_eof_received()\n            self._start_shutdown()" in read
     assert issubclass(HalfCloseSSLProtocol, sslproto.SSLProtocol)
-
-
-# --- the per-address connection limit counts sessions in progress ---
-
-
-class FakeSession:
-    """What count_client reads of an ArproxySMTP."""
-
-    def __init__(self, in_progress: bool, client_text: str) -> None:
-        self.in_progress = in_progress
-        self.client_text = client_text
-
-
-def test_sessions_answered_221_or_closing_do_not_count() -> None:
-    registry = SessionRegistry()
-    sessions: list[Any] = [
-        FakeSession(True, "192.0.2.1"),
-        FakeSession(False, "192.0.2.1"),  # answered 221, or closing
-        FakeSession(True, "192.0.2.2"),
-        FakeSession(True, "2001:db8::1"),
-        FakeSession(True, "2001:db8::2"),  # same /64
-    ]
-    registry.open.update(sessions)
-    assert registry.count_client("192.0.2.1") == 1
-    assert registry.count_client("2001:db8::99") == 2
-    config = parse_config("[limits]\nmax_connections_per_ip = 1", "t")
-    assert registry.refusal_for("192.0.2.1", config) is not None
-    assert registry.refusal_for("192.0.2.3", config) is None
 
 
 def test_line_length_counts_the_text_of_a_line() -> None:

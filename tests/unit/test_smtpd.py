@@ -1,0 +1,75 @@
+"""arproxy.smtpd: every private part of aiosmtpd arproxy relies on is still there.
+
+One list (`smtpd.AIOSMTPD_HOOKS`) names them; this test fails when an aiosmtpd upgrade
+removes or reshapes one, and when the adapter overrides a private hook the list does
+not name. The source checks pin the behaviour the overrides assume.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from arproxy import smtpd
+from arproxy.server import ArproxySMTP
+
+
+@pytest.mark.parametrize("name", smtpd.AIOSMTPD_HOOKS)
+def test_hook_exists_in_aiosmtpd(name: str) -> None:
+    assert hasattr(SMTP, name), f"aiosmtpd.smtp.SMTP.{name} is gone"
+
+
+@pytest.mark.parametrize("name", smtpd.AIOSMTPD_ATTRIBUTES)
+def test_attribute_is_set_by_aiosmtpd(name: str) -> None:
+    sources = "".join(
+        inspect.getsource(method)
+        for method in (SMTP.__init__, SMTP.connection_made, SMTP._cb_client_connected)
+    )
+    assert f"self.{name} = " in sources or f"self.{name}: " in sources, name
+
+
+def test_every_private_override_is_listed() -> None:
+    for cls in (smtpd.SMTPAdapter, ArproxySMTP):
+        for name, value in vars(cls).items():
+            if name.startswith("_") and not name.startswith("__") and hasattr(SMTP, name):
+                assert name in smtpd.AIOSMTPD_HOOKS, f"{cls.__name__}.{name} overrides aiosmtpd"
+            if callable(value) and hasattr(SMTP, name) and not name.startswith("__"):
+                assert name in smtpd.AIOSMTPD_HOOKS, f"{cls.__name__}.{name} overrides aiosmtpd"
+
+
+def test_what_the_overrides_assume() -> None:
+    assert SMTP.line_length_limit == 1001
+    assert "asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit)" in (
+        inspect.getsource(SMTP.__init__)
+    )
+    assert "self._reader.readuntil()" in inspect.getsource(SMTP._handle_client)
+    assert "self._handler_coroutine" in inspect.getsource(SMTP.connection_made)
+    assert "self._reader.readuntil(b'\\r\\n')" in inspect.getsource(SMTP.smtp_DATA)
+    assert "self._reader.readline()" in inspect.getsource(SMTP.challenge_auth)
+    starttls = inspect.getsource(SMTP.smtp_STARTTLS)
+    assert "self._tls_protocol = sslproto.SSLProtocol(" in starttls
+    # eof_received cancelling the session is what SMTPAdapter.eof_received replaces.
+    assert "self._handler_coroutine.cancel()" in inspect.getsource(SMTP.eof_received)
+    assert ArproxySMTP.eof_received is not SMTP.eof_received
+    # _getparams's result: None means 501; the keys it pops are SIZE, BODY, SMTPUTF8.
+    mail = inspect.getsource(SMTP.smtp_MAIL)
+    assert "params = self._getparams(mail_options)" in mail
+    assert "params.pop('SMTPUTF8', False)" in mail
+    # The synchronous _authenticate hook is what auth_PLAIN and auth_LOGIN consult.
+    assert "self._authenticate(" in inspect.getsource(SMTP.auth_PLAIN)
+    assert "self._authenticate(" in inspect.getsource(SMTP.auth_LOGIN)
+    assert "self._timeout_cb" in inspect.getsource(SMTP._reset_timeout)
+    assert "self._create_session()" in inspect.getsource(SMTP.connection_made)
+
+
+def test_aiosmtpd_replies_get_their_enhanced_codes() -> None:
+    # RFC 3463 section 3.5 (5.5.1 invalid command / sequence) and 3.4 (5.3.4 too big).
+    assert smtpd.with_enhanced_code("503 Error: need MAIL command") == (
+        "503 5.5.1 Error: need MAIL command"
+    )
+    assert smtpd.with_enhanced_code("552 Error: Too much mail data") == (
+        "552 5.3.4 Error: Too much mail data"
+    )
+    assert smtpd.with_enhanced_code("220 ready") == "220 ready"
