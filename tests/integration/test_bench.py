@@ -6,6 +6,7 @@ has its row and that arproxy's delivered messages carried passing results.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -20,10 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "throughput.py"
 
 
+@functools.cache
 def load_bench() -> ModuleType:
+    """bench/throughput.py as a module (bench/ is no package)."""
     spec = importlib.util.spec_from_file_location("bench_throughput", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
