@@ -46,6 +46,7 @@ from arproxy.replies import (
     INVALID_HELO,
     LINE_TOO_LONG_IN_DATA,
     LOCAL_ERROR,
+    REFUSED_AT_RELAY,
     RELAY_DENIED,
     ROUTING_DENIED,
     SENDER_OK,
@@ -282,7 +283,9 @@ class Session:
         the checks and abandon the transaction, or they would linger."""
         self.checks.close()
         transaction = self.transaction
-        if transaction is not None:
+        if transaction is not None and transaction.recipients:
+            # Only a transaction that got as far as a recipient had anything at
+            # stake; MAIL alone (then DATA refused 503, say) is no message lost.
             log.info(
                 "id=%s client=%s connection closed before the end of the transaction: "
                 "nothing relayed",
@@ -366,13 +369,13 @@ class Transaction:
             opened = await self.pipeline.relay.open(self.sender, self.mail_options, recipient)
             if opened.delivery is None:
                 return self.recipient_refused(
-                    recipient, Decider.DOWNSTREAM, opened.reply, step="sender"
+                    recipient, decided_at_relay(opened.reply), opened.reply, step="sender"
                 )
             self._delivery = opened.delivery
         reply = await self._delivery.add_recipient(recipient)
         if reply.is_success:
             self.recipients.append(recipient)
-        return self.recipient_refused(recipient, Decider.DOWNSTREAM, reply)
+        return self.recipient_refused(recipient, decided_at_relay(reply), reply)
 
     def refused(
         self, decided_by: Decider, reply: Reply, reason: str | None, *, size: int
@@ -437,7 +440,7 @@ class Transaction:
         rewritten = rewrite_header(content, prepend, self.pipeline.forgery_policy)
         reply = await self._delivery.send(rewritten.message)
         return self._outcome(
-            Decider.DOWNSTREAM,
+            decided_at_relay(reply),
             reply,
             size=len(content),
             results=results,
@@ -484,6 +487,13 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     return authres.format_field(
         authres.AuthenticationResults(authserv_id, tuple(resinfos)), allow_utf8=utf8
     )
+
+
+def decided_at_relay(reply: Reply) -> Decider:
+    """Who decided a reply the relay returned: arproxy itself (a refusal on what the
+    downstream lacks, RFC 6531 section 3.4 and RFC 6152 section 3, or an address it
+    cannot write) is INTAKE; anything else the downstream said (or its failure)."""
+    return Decider.INTAKE if reply in REFUSED_AT_RELAY else Decider.DOWNSTREAM
 
 
 def relay_refusal(recipient: str, local_domains: Sequence[str]) -> Reply:
