@@ -125,6 +125,8 @@ class Pipeline:
         while self._background and loop.time() < deadline:
             await asyncio.wait(set(self._background), timeout=deadline - loop.time())
         rest = list(self._background)
+        if rest:
+            log.warning("clean-up cut short: %d downstream task(s) cancelled", len(rest))
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)

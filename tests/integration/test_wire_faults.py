@@ -7,12 +7,16 @@ happens after QUIT, enhanced codes and parameter case.
 from __future__ import annotations
 
 import base64
+import datetime
+import signal
 import smtplib
 import ssl
+import time
 from pathlib import Path
 
 import pytest
 
+from arproxy.service import STOP_CLEANUP
 from arproxy.tls import make_self_signed
 from arproxy.users import set_password
 
@@ -320,3 +324,35 @@ def test_parameter_values_keep_their_case(make_arproxy: MakeArproxy, smtp_sink: 
     raw.close()
     log = stopped_log(proxy)
     assert "ENVID=AbC+2Bx" in log and "ORCPT=rfc822;Bob@Example.COM" in log, log
+
+
+# --- 10. the whole stop fits in shutdown_grace plus a fixed clean-up bound ---------
+
+
+def _log_time(line: str) -> datetime.datetime:
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_stop_with_a_hung_downstream_fits_in_the_grace(
+    make_arproxy: MakeArproxy, tmp_path: Path
+) -> None:
+    # smtp-sink -w 60: the downstream takes 60 s to answer DATA, so our RSET/QUIT at
+    # clean-up hangs too. The client gets 421 at the grace (5 s, conftest), and the
+    # process is done STOP_CLEANUP later, by its own clock (its log), not a grace later.
+    with sink(tmp_path / "s", ["-w", "60"]) as downstream:
+        proxy = make_arproxy(downstream.url, relay_timeout=60.0)
+        raw = session(proxy.port)
+        assert raw.command(b"MAIL FROM:<alice@example.org>").startswith(b"250 ")
+        assert raw.command(b"RCPT TO:<bob@example.com>").startswith(b"250 ")
+        assert raw.command(b"DATA").startswith(b"354 ")
+        raw.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        time.sleep(0.5)  # the message is with the downstream, waiting for its reply
+        proxy.process.send_signal(signal.SIGTERM)
+        assert raw.reply().startswith(b"421 4.3.2 ")  # RFC 5321 section 3.8
+        raw.close()
+        log = stopped_log(proxy)
+    (start,) = lines_with(log, "arproxy.service: shutting down")
+    (end,) = lines_with(log, "arproxy.service: stopped")
+    assert lines_with(log, "clean-up cut short"), log
+    took = (_log_time(end) - _log_time(start)).total_seconds()
+    assert took < 5.0 + STOP_CLEANUP + 1.0, log
