@@ -461,9 +461,13 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     """Our Authentication-Results field, folded, ending in CRLF.
 
     `utf8` for an SMTPUTF8 message: its header may carry UTF-8 (RFC 6532 section 3),
-    so values are written as they are, U-labels and UTF-8 local parts included
-    (RFC 8616 section 3). Otherwise the field is ASCII: U-label domains are written
-    as A-labels, and a value with a UTF-8 local part cannot be written at all.
+    so values are written as the checks give them: their domains are A-labels (the
+    checked form they used in the DNS), their local parts may be UTF-8. RFC 8616
+    section 3: "In headers in EAI mail messages, domain names that were restricted to
+    ASCII can be U-labels" -- can, not must; an A-label names the same domain, so it
+    stays correct in either kind of message. Otherwise the field is ASCII: a U-label
+    domain is written as its A-label, and a value with a UTF-8 local part cannot be
+    written at all.
 
     Checks keep client-controlled text that the formatter cannot write out of
     their results; should one slip through anyway, that result loses its
