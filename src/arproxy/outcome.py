@@ -173,6 +173,26 @@ def envelope_address(address: str) -> str:
     return "" if address == "<>" else printable(address)
 
 
+REDACTED = "<redacted>"
+
+
+def loggable_command(line: bytes, *, auth_data: bool = False) -> str:
+    """A client's command line for a log line, escaped, with its secrets masked.
+
+    `auth_data`: the line answers an AUTH challenge (RFC 4954 section 4), so all of
+    it is a credential. An AUTH command keeps its mechanism and loses its initial
+    response (`AUTH PLAIN <redacted>`): base64 is an encoding, not a protection.
+    """
+    if auth_data:
+        return REDACTED
+    text = line.rstrip(b"\r\n").decode("ascii", "backslashreplace")
+    verb, _, rest = text.lstrip(" ").partition(" ")
+    if verb.upper() == "AUTH":
+        mechanism, _, response = rest.strip(" ").partition(" ")
+        text = f"{verb} {mechanism}{' ' + REDACTED if response.strip() else ''}".rstrip()
+    return printable(text)
+
+
 def printable(text: str) -> str:
     """Client text made safe for one log line: controls and non-ASCII escaped."""
     return text.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROL_ESCAPES)

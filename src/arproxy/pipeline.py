@@ -46,6 +46,7 @@ from arproxy.replies import (
     INVALID_HELO,
     LINE_TOO_LONG_IN_DATA,
     LOCAL_ERROR,
+    REFUSED_AT_RELAY,
     RELAY_DENIED,
     ROUTING_DENIED,
     SENDER_OK,
@@ -124,6 +125,8 @@ class Pipeline:
         while self._background and loop.time() < deadline:
             await asyncio.wait(set(self._background), timeout=deadline - loop.time())
         rest = list(self._background)
+        if rest:
+            log.warning("clean-up cut short: %d downstream task(s) cancelled", len(rest))
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
@@ -282,7 +285,9 @@ class Session:
         the checks and abandon the transaction, or they would linger."""
         self.checks.close()
         transaction = self.transaction
-        if transaction is not None:
+        if transaction is not None and transaction.recipients:
+            # Only a transaction that got as far as a recipient had anything at
+            # stake; MAIL alone (then DATA refused 503, say) is no message lost.
             log.info(
                 "id=%s client=%s connection closed before the end of the transaction: "
                 "nothing relayed",
@@ -366,13 +371,13 @@ class Transaction:
             opened = await self.pipeline.relay.open(self.sender, self.mail_options, recipient)
             if opened.delivery is None:
                 return self.recipient_refused(
-                    recipient, Decider.DOWNSTREAM, opened.reply, step="sender"
+                    recipient, decided_at_relay(opened.reply), opened.reply, step="sender"
                 )
             self._delivery = opened.delivery
         reply = await self._delivery.add_recipient(recipient)
         if reply.is_success:
             self.recipients.append(recipient)
-        return self.recipient_refused(recipient, Decider.DOWNSTREAM, reply)
+        return self.recipient_refused(recipient, decided_at_relay(reply), reply)
 
     def refused(
         self, decided_by: Decider, reply: Reply, reason: str | None, *, size: int
@@ -437,7 +442,7 @@ class Transaction:
         rewritten = rewrite_header(content, prepend, self.pipeline.forgery_policy)
         reply = await self._delivery.send(rewritten.message)
         return self._outcome(
-            Decider.DOWNSTREAM,
+            decided_at_relay(reply),
             reply,
             size=len(content),
             results=results,
@@ -456,9 +461,13 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     """Our Authentication-Results field, folded, ending in CRLF.
 
     `utf8` for an SMTPUTF8 message: its header may carry UTF-8 (RFC 6532 section 3),
-    so values are written as they are, U-labels and UTF-8 local parts included
-    (RFC 8616 section 3). Otherwise the field is ASCII: U-label domains are written
-    as A-labels, and a value with a UTF-8 local part cannot be written at all.
+    so values are written as the checks give them: their domains are A-labels (the
+    checked form they used in the DNS), their local parts may be UTF-8. RFC 8616
+    section 3: "In headers in EAI mail messages, domain names that were restricted to
+    ASCII can be U-labels" -- can, not must; an A-label names the same domain, so it
+    stays correct in either kind of message. Otherwise the field is ASCII: a U-label
+    domain is written as its A-label, and a value with a UTF-8 local part cannot be
+    written at all.
 
     Checks keep client-controlled text that the formatter cannot write out of
     their results; should one slip through anyway, that result loses its
@@ -484,6 +493,13 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     return authres.format_field(
         authres.AuthenticationResults(authserv_id, tuple(resinfos)), allow_utf8=utf8
     )
+
+
+def decided_at_relay(reply: Reply) -> Decider:
+    """Who decided a reply the relay returned: arproxy itself (a refusal on what the
+    downstream lacks, RFC 6531 section 3.4 and RFC 6152 section 3, or an address it
+    cannot write) is INTAKE; anything else the downstream said (or its failure)."""
+    return Decider.INTAKE if reply in REFUSED_AT_RELAY else Decider.DOWNSTREAM
 
 
 def relay_refusal(recipient: str, local_domains: Sequence[str]) -> Reply:

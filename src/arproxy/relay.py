@@ -128,8 +128,8 @@ class SmtpRelay:
             raise
         plan, response = started
         if plan.refusal is not None:
-            # Refused before MAIL: the downstream never sees this transaction.
-            log.info("downstream %s: %s", self.downstream, plan.refusal)
+            # Refused by us before MAIL: the downstream never sees this transaction.
+            # Not logged here: the pipeline's outcome line is the one line (RFC 6531).
             client.close()
             return Opened(None, plan.refusal)
         assert response is not None
@@ -182,8 +182,7 @@ class _SmtpDelivery:
     async def send(self, message: bytes) -> Reply:
         refusal = extensions.content_refusal(message, self.plan)
         if refusal is not None:
-            log.info("downstream %s: %s", self.name, refusal)
-            return refusal
+            return refusal  # ours (RFC 6152 section 3); the outcome line logs it
         try:
             response = await self.client.data(message)
             reply = Reply.from_downstream(response.code, response.message)
@@ -288,8 +287,7 @@ class LmtpRelay:
         offered = extensions.offered_keywords(("", *hello.lines[1:]))
         plan = extensions.plan_downstream(sender, recipient, mail_options, offered)
         if plan.refusal is not None:
-            log.info("downstream %s: %s", self.name, plan.refusal)
-            return plan, plan.refusal
+            return plan, plan.refusal  # ours; the outcome line logs it
         envelope_sender = "" if sender == "<>" else sender
         parameters = "".join(f" {option}" for option in plan.options)
         mail = await client.command("MAIL", f"FROM:<{envelope_sender}>{parameters}")
@@ -323,8 +321,7 @@ class _LmtpDelivery:
         """
         refusal = extensions.content_refusal(message, self.plan)
         if refusal is not None:
-            log.info("lmtp %s: %s", self.name, refusal)
-            return refusal
+            return refusal  # ours (RFC 6152 section 3); the outcome line logs it
         try:
             start, replies = await self.client.data(message, self.accepted)
         except (OSError, TimeoutError, LmtpProtocolError) as exc:

@@ -107,6 +107,11 @@ def timeout_exceeded(hostname: str) -> Reply:
 
 
 # Commands.
+# RFC 3207 section 4.2 allows one TLS layer; Postfix's words.
+TLS_ALREADY_ACTIVE = Reply.of(554, "5.5.1", "Error: TLS already active")
+# RFC 5321 section 4.1.2 path syntax (Postfix's replies and codes, RFC 3463 X.1.7/X.1.3).
+BAD_SENDER_SYNTAX = Reply.of(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply.of(501, "5.1.3", "Bad recipient address syntax")
 TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
 LINE_TOO_LONG = Reply.of(500, "5.5.6", "Line too long")
 # aiosmtpd's words for the same refusal at the end of DATA, with RFC 3463's code.
@@ -114,6 +119,11 @@ LINE_TOO_LONG_IN_DATA = Reply.of(500, "5.5.2", "Line too long (see RFC5321 4.5.3
 AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "AUTH not permitted during a mail transaction")
 INVALID_HELO = Reply.of(501, "5.5.4", "Invalid HELO/EHLO argument")
 TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Too many recipients")
+
+
+def too_many_errors(hostname: str) -> Reply:
+    """Postfix's reply when it closes on a client's errors (RFC 5321 section 3.8: 421)."""
+    return Reply.of(421, "4.7.0", f"{hostname} Error: too many errors")
 
 
 def bare_newline_refusal(hostname: str) -> Reply:
@@ -197,6 +207,14 @@ DOWNSTREAM_TIMEOUT = Reply.of(
 )
 UNSENDABLE_ADDRESS = Reply.of(553, "5.1.3", "Address not accepted: control characters")
 MAILBOX_UNAVAILABLE = Reply.of(451, "4.3.0", "Mailbox unavailable, try again later")
+# Refusals arproxy itself decides at the relay step, on what the downstream offers
+# or what can be sent to it: ours, not the downstream's (the outcome says so).
+REFUSED_AT_RELAY = (
+    DOWNSTREAM_LACKS_SMTPUTF8,
+    DOWNSTREAM_LACKS_SMTPUTF8_ADDRESS,
+    DOWNSTREAM_LACKS_8BITMIME,
+    UNSENDABLE_ADDRESS,
+)
 
 
 def maildir_delivered(name: str) -> Reply:

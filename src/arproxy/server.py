@@ -21,7 +21,8 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, LoginPassword, Session,
 from arproxy import extensions, logcontext
 from arproxy.admission import SessionRegistry
 from arproxy.config import Config
-from arproxy.outcome import printable
+from arproxy.envelope import path_refusal
+from arproxy.outcome import loggable_command, printable
 from arproxy.pipeline import Pipeline
 from arproxy.pipeline import Session as PipelineSession
 from arproxy.replies import (
@@ -222,7 +223,8 @@ class ArproxySMTP(SMTPAdapter):
         log.info(
             "%s command line ending in bare LF %s: %s, closing",
             self.log_prefix,
-            printable(line[:80].decode("ascii", "backslashreplace")),
+            # Never an AUTH credential in a log (RFC 4954 section 4): masked.
+            loggable_command(line[:80], auth_data=self.reading_auth_data),
             reply,
         )
         self._reply_logged = True
@@ -332,6 +334,15 @@ class ArproxySMTP(SMTPAdapter):
             # aiosmtpd refused the data itself (552 too much, 500 line too long) and
             # reset the envelope without calling our hook: end our side too.
             state.abandon()
+
+    def screen_path(self, verb: str, arg: str | None) -> str | None:
+        """RFC 5321 section 4.1.2's path syntax (arproxy.envelope), one log line."""
+        refusal = path_refusal(verb, arg or "")
+        if refusal is None:
+            return None
+        log.info("%s %s %s refused: %s", self.log_prefix, verb, printable(arg or ""), refusal)
+        self.reply_logged()
+        return str(refusal)
 
     def screen_parameters(self, verb: str, params: Sequence[str]) -> dict[str, str | bool] | None:
         """aiosmtpd's parameter reader, replaced by the RFC 5321 grammar and our offer.
@@ -482,6 +493,10 @@ class SessionHandler:
             await state.reset()
             server.close_after_reply()
             return str(SHUTTING_DOWN)
+        # The parameters as the client wrote them: aiosmtpd upper-cases their values,
+        # which are case-sensitive (ENVID, ORCPT and AUTH= xtext, RFC 3461 and 4954).
+        if [p.upper() for p in server.command_parameters] == mail_options:
+            mail_options = list(server.command_parameters)
         reply = await state.mail(address, mail_options)
         if not reply.is_success:
             server.reply_logged()

@@ -15,7 +15,6 @@ import signal
 from arproxy.admission import SessionRegistry
 from arproxy.config import Config, HostPort
 from arproxy.pipeline import Pipeline
-from arproxy.relay import CLOSE_TIMEOUT
 from arproxy.resources import WorkerResources
 from arproxy.server import SessionHandler, make_protocol_factory
 from arproxy.smtpauth import Authenticator
@@ -26,6 +25,9 @@ from arproxy.users import UsersFile, UsersFileError
 log = logging.getLogger("arproxy.service")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+# Seconds after server.shutdown_grace for the clean-up of a stop: closing the
+# sessions' sockets and the downstream transactions they leave (RSET/QUIT).
+STOP_CLEANUP = 2.0
 
 
 class StartupError(Exception):
@@ -108,13 +110,16 @@ async def serve(
     log.info("shutting down: no new connections, draining %d open session(s)", len(registry.open))
     for listener in listeners:
         listener.close()
+    # The whole stop fits in shutdown_grace plus STOP_CLEANUP: the clean-up after
+    # the drain (RSET/QUIT to a downstream that may never answer) gets what is left.
+    end = loop.time() + config.server.shutdown_grace + STOP_CLEANUP
     await registry.drain(config.server.shutdown_grace)
-    await registry.wait_closed(timeout=5.0)
+    await registry.wait_closed(timeout=max(0.0, end - loop.time()))
     for listener in listeners:
         await listener.wait_closed()
-    # RSET/QUIT to the downstream (each bounded by relay.CLOSE_TIMEOUT) for sessions
-    # that ended in the drain; what is still running after that is cancelled.
-    await pipeline.finish_background(timeout=3 * CLOSE_TIMEOUT)
+    # RSET/QUIT to the downstream for sessions that ended in the drain (each bounded
+    # by relay.CLOSE_TIMEOUT, and all by `end`); what still runs is cancelled.
+    await pipeline.finish_background(timeout=max(0.0, end - loop.time()))
     await resources.close()
     log.info("stopped")
 

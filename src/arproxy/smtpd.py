@@ -19,6 +19,11 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
 - `push`: every reply passes here (enhanced codes on aiosmtpd's own replies, a log
   line for each refusal).
 - `smtp_EHLO`, `smtp_HELO`: no enhanced code inside the greeting reply.
+- `smtp_STARTTLS`: refused inside TLS (RFC 3207 section 4.2: one TLS layer only).
+- `smtp_MAIL`, `smtp_RCPT`: the path is read by RFC 5321 section 4.1.2 before
+  aiosmtpd's lenient parser sees it, and the parameters are kept as the client
+  sent them (aiosmtpd upper-cases them, values included).
+- `challenge_auth`: the lines it reads are AUTH data, never to be logged.
 
 `tests/unit/test_smtpd.py` fails if any of these disappears from aiosmtpd, and
 pyproject pins aiosmtpd below 1.5.
@@ -33,6 +38,7 @@ from typing import Any, AnyStr, NoReturn
 
 from aiosmtpd.smtp import SMTP, AuthResult, Session
 
+from arproxy.replies import TLS_ALREADY_ACTIVE, too_many_errors
 from arproxy.streams import adopt_reader, adopt_tls_protocol
 
 # What aiosmtpd itself provides and arproxy overrides, reads or calls (see above).
@@ -61,7 +67,14 @@ AIOSMTPD_HOOKS = (
     "_handle_client",
 )
 # Instance attributes set by aiosmtpd that arproxy reads.
-AIOSMTPD_ATTRIBUTES = ("_handler_coroutine", "_tls_protocol", "_reader", "session", "envelope")
+AIOSMTPD_ATTRIBUTES = (
+    "_handler_coroutine",
+    "_tls_protocol",
+    "_reader",
+    "session",
+    "envelope",
+    "_auth_required",
+)
 
 _PENDING = "arproxy: credentials to check"
 
@@ -69,7 +82,9 @@ _PENDING = "arproxy: credentials to check"
 _ENHANCED_BY_CODE = {
     221: "2.0.0",
     250: "2.0.0",
+    252: "2.0.0",  # VRFY: "Cannot VRFY user" (Postfix: 252 2.0.0)
     421: "4.3.0",
+    454: "4.7.0",  # STARTTLS: TLS not available (Postfix: 454 4.7.0)
     451: "4.3.0",
     500: "5.5.2",
     501: "5.5.4",
@@ -77,12 +92,19 @@ _ENHANCED_BY_CODE = {
     503: "5.5.1",
     504: "5.5.4",
     530: "5.7.0",
+    538: "5.7.11",  # RFC 4954 section 6: encryption required for the mechanism
     552: "5.3.4",
     553: "5.1.3",
     554: "5.5.0",
     555: "5.5.4",
 }
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+# aiosmtpd closes the connection after this reply; RFC 5321 section 3.8 says a
+# server that closes answers 421 (Postfix: "421 4.7.0 <host> Error: too many errors").
+_AIOSMTPD_GOODBYE = "502 5.5.1 Too many unrecognized commands, goodbye."
+# What a reply line may carry: printable ASCII. aiosmtpd echoes the client's command
+# or argument in some replies (500 command "X" not recognized, 502 Could not VRFY X).
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 class SMTPAdapter(SMTP):
@@ -95,6 +117,9 @@ class SMTPAdapter(SMTP):
         super().__init__(handler, **kwargs)
         self._in_greeting_reply = False
         self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
+        # The MAIL/RCPT parameters as the client wrote them (aiosmtpd upper-cases).
+        self.command_parameters: list[str] = []
+        self.reading_auth_data = False  # inside an AUTH exchange (challenge_auth)
 
     # --- what a subclass provides (the reader's owner: arproxy.streams.LineOwner) ---
 
@@ -115,8 +140,13 @@ class SMTPAdapter(SMTP):
         """The client was idle for longer than the command timeout."""
 
     def screen_parameters(self, verb: str, params: Sequence[str]) -> dict[str, str | bool] | None:
-        """MAIL or RCPT parameters as aiosmtpd's dict, or None for its 501."""
+        """MAIL or RCPT parameters (as the client wrote them) as aiosmtpd's dict, or
+        None for its 501."""
         return SMTP._getparams(self, params)
+
+    def screen_path(self, verb: str, arg: str | None) -> str | None:
+        """A refusal (reply line) for the MAIL or RCPT argument, or None to go on."""
+        return None
 
     async def decide_auth(self, parsed: AuthResult) -> AuthResult:
         """Credentials parsed by aiosmtpd (`auth_data` a LoginPassword) to decide."""
@@ -129,6 +159,13 @@ class SMTPAdapter(SMTP):
         """A reply was written."""
 
     # --- what aiosmtpd's private parts give access to ---
+
+    @property
+    def reading_over(self) -> bool:
+        """The connection is closing (QUIT answered, or closed after a reply): the
+        reader reads nothing more (arproxy.streams.ClientReader)."""
+        transport = self.transport
+        return transport is None or transport.is_closing()
 
     @property
     def session_task(self) -> asyncio.Task[None] | None:
@@ -174,15 +211,63 @@ class SMTPAdapter(SMTP):
         return session is None or session.ssl is None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        self._parameters_of = "MAIL"
-        await super().smtp_MAIL(arg)
+        await self._path_command("MAIL", super().smtp_MAIL, arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self._parameters_of = "RCPT"
-        await super().smtp_RCPT(arg)
+        await self._path_command("RCPT", super().smtp_RCPT, arg)
+
+    async def _path_command(
+        self, verb: str, command: Callable[[str | None], Awaitable[None]], arg: str | None
+    ) -> None:
+        # aiosmtpd checks HELO, AUTH and the command order first; the path is ours
+        # only once those passed, so the refusal is given where aiosmtpd would parse.
+        if arg is not None and self._ready_for(verb):
+            refusal = self.screen_path(verb, arg)
+            if refusal is not None:
+                await self.push(refusal)
+                return
+        self._parameters_of = verb
+        self.command_parameters = _parameters_as_sent(arg)
+        await command(arg)
+
+    def _ready_for(self, verb: str) -> bool:
+        """Whether aiosmtpd would get as far as parsing the path of `verb`."""
+        session, envelope = self.session, self.envelope
+        if session is None or envelope is None or not session.host_name:
+            return False
+        if self._auth_required and not session.authenticated:
+            return False
+        return bool(envelope.mail_from) if verb == "RCPT" else not envelope.mail_from
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
-        return self.screen_parameters(self._parameters_of, params)
+        # aiosmtpd hands its upper-cased copy; the client's own spelling is read
+        # (keywords are case-insensitive, values such as ENVID and ORCPT are not).
+        as_sent = self.command_parameters
+        if [p.upper() for p in as_sent] != list(params):
+            as_sent = list(params)  # not the same words: trust aiosmtpd's
+        screened = self.screen_parameters(self._parameters_of, as_sent)
+        if screened is None:
+            return None
+        # aiosmtpd compares BODY's value with upper-case literals itself.
+        return {
+            k: v.upper() if k == "BODY" and isinstance(v, str) else v for k, v in screened.items()
+        }
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        session = self.session
+        if not arg and (self._tls_protocol is not None or (session and session.ssl)):
+            # RFC 3207 section 4.2: no second TLS layer (Postfix's reply).
+            await self.push(str(TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def challenge_auth(self, *args: Any, **kwargs: Any) -> Any:
+        # The client's answer to a 334 challenge is a credential (RFC 4954 section 4).
+        self.reading_auth_data = True
+        try:
+            return await super().challenge_auth(*args, **kwargs)
+        finally:
+            self.reading_auth_data = False
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # aiosmtpd's hook is synchronous; hand the credentials back to the async
@@ -215,9 +300,16 @@ class SMTPAdapter(SMTP):
             self._in_greeting_reply = False
 
     async def push(self, status: AnyStr) -> None:
+        if self.reading_over:
+            # Closing (after 221, or a reply that ends the session): nothing more
+            # is said or logged, e.g. a second "421 ... sent too many times".
+            return
         if isinstance(status, str):
-            if not self._in_greeting_reply:
+            if status == _AIOSMTPD_GOODBYE:
+                status = str(too_many_errors(self.hostname))
+            elif not self._in_greeting_reply:
                 status = with_enhanced_code(status)
+            status = wire_safe(status)
             self.log_reply(status)
         await super().push(status)
         self.after_reply()
@@ -232,3 +324,25 @@ def with_enhanced_code(status: str) -> str:
     if enhanced is None:
         return status  # 220, 235, 334, 354: no enhanced code belongs there
     return f"{status[:4]}{enhanced} {status[4:]}"
+
+
+def wire_safe(status: str) -> str:
+    """`status` (lines joined by CRLF) with every character that is not printable
+    ASCII escaped as `\\xNN` (`\\uNNNN`): aiosmtpd echoes client bytes in some
+    replies, and a NUL, a bare CR or a byte that was not UTF-8 must not go back."""
+    return "\r\n".join(_NOT_PRINTABLE.sub(_escape, line) for line in status.split("\r\n"))
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        code -= 0xDC00
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def _parameters_as_sent(arg: str | None) -> list[str]:
+    """The words after the path of a MAIL or RCPT argument, as the client sent them."""
+    if not arg:
+        return []
+    _, closing, rest = arg.partition(">")
+    return rest.split() if closing else arg.split()[1:]

@@ -19,6 +19,7 @@ asyncio hook they rely on disappears, and pyproject pins aiosmtpd below 1.5.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
 from asyncio import sslproto
@@ -31,6 +32,14 @@ class LineOwner(Protocol):
     """The session a `ClientReader` reports to."""
 
     reject_bare_newline: bool
+
+    @property
+    def reading_over(self) -> bool:
+        """The session is closing: no further line is to be read or acted on."""
+
+    @property
+    def reading_auth_data(self) -> bool:
+        """The next line answers an AUTH challenge (a credential)."""
 
     async def on_client_eof(self, partial: bytes) -> NoReturn:
         """The client sent nothing more; `partial` is an unfinished last line."""
@@ -66,6 +75,10 @@ class ClientReader(asyncio.StreamReader):
             self._overrun = True
             raise
         tail, self._overrun = self._overrun, False
+        if self.owner.reading_over:
+            # After 221 (or a reply that closes): what the client pipelined after
+            # it is neither read nor logged (RFC 5321 section 4.1.1.10).
+            await self.owner.on_client_eof(b"")
         if (
             separator == b"\n"
             and self.owner.reject_bare_newline
@@ -127,6 +140,16 @@ class HalfCloseSSLProtocol(sslproto.SSLProtocol):
             return
         super()._start_shutdown()
 
+    def _abort(self, exc: BaseException | None = None) -> None:
+        # asyncio 3.11's _SSLProtocolTransport._force_close calls _abort(exc) on a
+        # fatal error while its SSLProtocol._abort takes no argument (a TypeError
+        # that drops the connection); 3.12+ takes `exc`. Accept both, call either.
+        parent: Any = super()._abort
+        if _abort_takes_exc():
+            parent(exc)
+        else:
+            parent()
+
     def eof_received(self) -> bool | None:  # type: ignore[override]
         me: Any = self
         if me._state != sslproto.SSLProtocolState.WRAPPED:
@@ -138,6 +161,11 @@ class HalfCloseSSLProtocol(sslproto.SSLProtocol):
         me._do_read()
         me._call_eof_received()
         return True
+
+
+def _abort_takes_exc() -> bool:
+    """Whether this asyncio's SSLProtocol._abort takes the error (3.12+)."""
+    return len(inspect.signature(sslproto.SSLProtocol._abort).parameters) > 1
 
 
 def serve_tls(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import ipaddress
+import os
 import ssl
 from pathlib import Path
 
@@ -130,11 +132,27 @@ def ensure_self_signed(cert: Path, key: Path, hostname: str) -> bool:
 
     With only one of the two present (an interrupted earlier run), both are made
     anew: a certificate without its key, or a key without its certificate, is useless.
+
+    Race-free across processes (two instances, or workers, started together with the
+    same paths): the check and the writing happen under an exclusive `flock` on
+    `<key>.lock` beside the key, so one process makes the pair and the others find it
+    complete; each file is replaced atomically. Raises TlsError when the lock file
+    cannot be made.
     """
-    if cert.exists() and key.exists():
-        return False
-    make_self_signed(cert, key, hostname)
-    return True
+    lock_path = key.with_name(f"{key.name}.lock")
+    try:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, KEY_MODE)
+    except OSError as exc:
+        raise TlsError(f"{lock_path}: cannot lock: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, and at process exit
+        if cert.exists() and key.exists():
+            return False
+        make_self_signed(cert, key, hostname)
+        return True
+    finally:
+        os.close(lock)  # the lock file stays: removing it would let a third race in
 
 
 # --- checking a pair ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ not name. The source checks pin the behaviour the overrides assume.
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 from aiosmtpd.smtp import SMTP
@@ -73,3 +74,50 @@ def test_aiosmtpd_replies_get_their_enhanced_codes() -> None:
         "552 5.3.4 Error: Too much mail data"
     )
     assert smtpd.with_enhanced_code("220 ready") == "220 ready"
+
+
+def test_what_the_reply_rewrites_assume() -> None:
+    # push() replaces this goodbye (aiosmtpd then closes) by Postfix's 421.
+    assert f'"{smtpd._AIOSMTPD_GOODBYE}"' in inspect.getsource(SMTP._handle_client)
+    # aiosmtpd upper-cases the parameters (values too) before _getparams sees them.
+    assert "mail_options = addrparams.upper().split()" in inspect.getsource(SMTP.smtp_MAIL)
+    assert "rcpt_options = params.upper().split()" in inspect.getsource(SMTP.smtp_RCPT)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        # Postfix: "252 2.0.0 Cannot VRFY..." (RFC 3463 section 3.1: 2.0.0 other).
+        ("252 Cannot VRFY user", "252 2.0.0 Cannot VRFY user"),
+        ("502 EXPN not implemented", "502 5.5.1 EXPN not implemented"),
+        ("553 5.1.3 Error: malformed address", "553 5.1.3 Error: malformed address"),
+        ("354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"),
+    ],
+)
+def test_enhanced_codes_on_aiosmtpd_replies(status: str, expected: str) -> None:
+    assert smtpd.with_enhanced_code(status) == expected
+
+
+def test_every_reply_code_aiosmtpd_writes_gets_an_enhanced_code() -> None:
+    source = inspect.getsource(SMTP)
+    codes = {int(c) for c in re.findall(r"""push\(\s*(?:f?["'])(\d{3}) """, source)}
+    codes |= {int(c) for c in re.findall(r"""status = ["'](\d{3}) """, source)}
+    assert 252 in codes and 502 in codes
+    missing = codes - set(smtpd._ENHANCED_BY_CODE) - {220, 235, 334, 354}
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (
+            '500 5.5.2 Error: command "\x00" not recognized',
+            '500 5.5.2 Error: command "\\x00" not recognized',
+        ),
+        ("502 5.5.1 Could not VRFY \udcff\x1b[31m", "502 5.5.1 Could not VRFY \\xff\\x1b[31m"),
+        ("250-a\r\n250 b\x7f", "250-a\r\n250 b\\x7f"),
+        ("250 caf\u00e9", "250 caf\\xe9"),
+    ],
+)
+def test_replies_carry_printable_ascii_only(status: str, expected: str) -> None:
+    assert smtpd.wire_safe(status) == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import ssl
 from asyncio import sslproto
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
@@ -23,6 +24,8 @@ class Stop(Exception):
 class Owner:
     def __init__(self, *, reject: bool = True) -> None:
         self.reject_bare_newline = reject
+        self.reading_over = False
+        self.reading_auth_data = False
         self.events: list[tuple[str, bytes]] = []
 
     async def on_client_eof(self, partial: bytes) -> NoReturn:
@@ -152,3 +155,39 @@ def test_line_length_counts_the_text_of_a_line() -> None:
     # Bare LF ends a line too: in "normalize" mode it becomes CRLF.
     assert not has_line_over((b"x" * 600 + b"\n") * 3, 998)
     assert not has_line_over(b"", 998)
+
+
+@run
+async def test_nothing_is_read_once_the_session_is_closing() -> None:
+    # RFC 5321 section 4.1.1.10: after the 221 to QUIT the server reads no more;
+    # a bare-LF line pipelined after QUIT is neither refused nor logged.
+    owner = Owner()
+    reader = reader_with(b"QUIT\r\nNOOP\n", owner)
+    assert await reader.readuntil() == b"QUIT\r\n"
+    owner.reading_over = True
+    with pytest.raises(Stop):
+        await reader.readuntil()
+    assert owner.events == [("eof", b"")]
+
+
+def test_abort_accepts_the_error_argument_of_either_asyncio() -> None:
+    # 3.11's _SSLProtocolTransport._force_close(exc) calls _abort(exc), its
+    # SSLProtocol._abort() takes none; 3.12+ takes exc. Ours takes both.
+    calls: list[tuple[Any, ...]] = []
+
+    class Transport:
+        def abort(self) -> None:
+            calls.append(("abort",))
+
+    loop = asyncio.new_event_loop()
+    try:
+        waiter = loop.create_future()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        protocol = HalfCloseSSLProtocol(loop, asyncio.Protocol(), context, waiter, server_side=True)
+        protocol._transport = Transport()  # type: ignore[attr-defined]
+        protocol._abort(ConnectionResetError("peer"))
+        protocol._transport = Transport()  # type: ignore[attr-defined]
+        protocol._abort()
+    finally:
+        loop.close()
+    assert calls == [("abort",), ("abort",)]

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -166,6 +168,30 @@ def test_ensure_self_signed_creates_only_when_missing(tmp_path: Path) -> None:
     key.unlink()
     assert ensure_self_signed(cert, key, HOSTNAME)
     server_context(cert, key)  # a matching pair again
+
+
+def _ensure_after(barrier: Any, cert: Path, key: Path, made: Any) -> None:
+    barrier.wait()
+    made.put(ensure_self_signed(cert, key, HOSTNAME))
+
+
+def test_ensure_self_signed_is_race_free_across_processes(tmp_path: Path) -> None:
+    # Instances started at the same moment with the same paths: one makes the pair,
+    # the others use it; the key always belongs to the certificate.
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        cert, key = tmp_path / f"r{round_}" / "cert.pem", tmp_path / f"r{round_}" / "key.pem"
+        barrier, made = context.Barrier(4), context.Queue()
+        workers = [
+            context.Process(target=_ensure_after, args=(barrier, cert, key, made)) for _ in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+            assert worker.exitcode == 0
+        assert sorted(made.get(timeout=5) for _ in workers) == [False, False, False, True]
+        server_context(cert, key)  # raises TlsError if the key is not the cert's
 
 
 def test_errors_name_the_file(pair: Pair, tmp_path: Path) -> None:
