@@ -355,4 +355,8 @@ def test_stop_with_a_hung_downstream_fits_in_the_grace(
     (end,) = lines_with(log, "arproxy.service: stopped")
     assert lines_with(log, "clean-up cut short"), log
     took = (_log_time(end) - _log_time(start)).total_seconds()
-    assert took < 5.0 + STOP_CLEANUP + 1.0, log
+    # Not a speed bound: the fault was a second grace period after the first (about
+    # 2 x 5 s); the stop must end within one grace plus STOP_CLEANUP, and the margin up
+    # to two graces keeps a loaded machine from failing it.
+    assert took < 2 * 5.0, log
+    assert 5.0 + STOP_CLEANUP < 2 * 5.0
