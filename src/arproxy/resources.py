@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from arproxy.config import Config
 from arproxy.dns import Resolver
-from arproxy.ratelimit import AuthFailureLimiter
+from arproxy.ratelimit import AuthFailureLimiter, FailureLimiter
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,21 @@ class WorkerResources:
     spf_pool: ThreadPoolExecutor
     dkim_pool: ThreadPoolExecutor
     hash_pool: ThreadPoolExecutor
-    auth_limiter: AuthFailureLimiter
+    auth_limiter: FailureLimiter
 
     @classmethod
-    def build(cls, config: Config, *, resolver: Resolver | None = None) -> WorkerResources:
+    def build(
+        cls,
+        config: Config,
+        *,
+        resolver: Resolver | None = None,
+        auth_limiter: FailureLimiter | None = None,
+    ) -> WorkerResources:
         """Make the worker's resources; call inside the running event loop.
 
         `resolver` replaces the one `config.dns` describes (tests, `arproxy check
-        --nameserver`). Raises RuntimeError outside a running loop.
+        --nameserver`); `auth_limiter` the in-process one (the limiter the workers of
+        one instance share, arproxy.shared). Raises RuntimeError outside a running loop.
         """
         asyncio.get_running_loop()  # the resolver is bound to the loop that builds it
         return cls(
@@ -77,7 +84,7 @@ class WorkerResources:
             spf_pool=ThreadPoolExecutor(config.checks.spf_threads, "arproxy-spf"),
             dkim_pool=ThreadPoolExecutor(config.checks.dkim_threads, "arproxy-dkim"),
             hash_pool=ThreadPoolExecutor(config.auth.hash_threads, "arproxy-argon2"),
-            auth_limiter=AuthFailureLimiter(max_failures=config.auth.max_failures),
+            auth_limiter=auth_limiter or AuthFailureLimiter(max_failures=config.auth.max_failures),
         )
 
     async def close(self) -> None:
