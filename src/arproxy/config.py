@@ -280,8 +280,9 @@ def _workers(t: _Table) -> int:
     if t.data.get("workers") == "auto":
         t.used.add("workers")
         return min(usable_cores(), MAX_WORKERS)
-    if isinstance(t.data.get("workers"), str):
-        raise t.error("workers", f'must be an integer or "auto", not {t.data["workers"]!r}')
+    value = t.data.get("workers")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise t.error("workers", f'must be an integer or "auto", not {value!r}')
     return t.integer("workers", min(usable_cores(), MAX_WORKERS), minimum=1, maximum=MAX_WORKERS)
 
 
