@@ -38,6 +38,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -147,6 +148,7 @@ class Supervisor:
     stopping: bool = False
     failed: bool = False
     kill_at: float = 0.0
+    clock: Callable[[], float] = time.monotonic  # injected by the unit tests
 
     def run(self) -> int:
         self.slots = [_Slot(index) for index in range(self.config.server.workers)]
@@ -170,17 +172,17 @@ class Supervisor:
                 if not running:
                     log.info("supervisor: all workers stopped")
                     return EXIT_FAILED if self.failed else EXIT_OK
-                if time.monotonic() >= self.kill_at:
+                if self.clock() >= self.kill_at:
                     self._kill(running)
                     return EXIT_FAILED
                 continue
-            now = time.monotonic()
+            now = self.clock()
             for slot in self.slots:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     self._start(slot)
 
     def _wait_time(self) -> float:
-        now = time.monotonic()
+        now = self.clock()
         due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
         if self.stopping:
             due.append(self.kill_at)
@@ -201,7 +203,7 @@ class Supervisor:
 
     def _stop(self) -> None:
         self.stopping = True
-        self.kill_at = time.monotonic() + self.config.server.shutdown_grace + KILL_AFTER_GRACE
+        self.kill_at = self.clock() + self.config.server.shutdown_grace + KILL_AFTER_GRACE
         for slot in self.slots:
             slot.restart_at = None
         self._forward(signal.SIGTERM)
@@ -238,7 +240,7 @@ class Supervisor:
                 how,
             )
             return
-        now = time.monotonic()
+        now = self.clock()
         slot.quick_failures = 1 if now - slot.started >= STABLE_AFTER else slot.quick_failures + 1
         if slot.quick_failures > MAX_QUICK_FAILURES:
             log.error(
@@ -284,7 +286,7 @@ class Supervisor:
         if pid == 0:
             _worker_main(self.config, self.listeners, self.shared.for_worker(slot.index), parent)
         slot.pid = pid
-        slot.started = time.monotonic()
+        slot.started = self.clock()
         log.info("worker %d started: pid %d", slot.index, pid)
 
 
