@@ -116,7 +116,8 @@ class Target:
 
 # arproxy configurations: add one line to bench another (e.g. a new [server] option).
 ARPROXY_CONFIGS = (
-    Target("arproxy 1 worker", "arproxy", "every check on, one process"),
+    # server.workers defaults to one per core: the 1-worker row says so explicitly.
+    Target("arproxy 1 worker", "arproxy", "every check on, one process", server="workers = 1"),
     Target(
         "arproxy N workers",
         "arproxy",

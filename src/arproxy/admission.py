@@ -5,7 +5,9 @@ connection is refused, before any banner, when the service is draining, when the
 listener is full, when PROXY protocol is on and the peer is not a trusted proxy, or
 when its client already has `limits.max_connections_per_ip` sessions in progress.
 `drain` closes idle sessions at once and busy ones when their transaction is over.
-The limits are per worker: see the README on running several.
+The total is per worker; the per-client count is shared by the workers of one
+instance when `serve` is given their `shared.WorkerShare` (README, "State: per worker,
+shared").
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from arproxy.config import Config
@@ -52,12 +54,47 @@ class Connection(Protocol):
     def close_with(self, reply: Reply, *, logged: bool = False) -> None: ...
 
 
-class SessionRegistry:
-    """The open sessions of one listener, so that shutdown can drain them."""
+class ClientCounts(Protocol):
+    """Sessions per client counted across the workers of an instance (shared.WorkerShare)."""
 
-    def __init__(self) -> None:
-        self.open: set[Connection] = set()
+    def reserve(self, client_ip: str, local: int, limit: int) -> bool: ...
+
+    def publish(self, client_ip: str, local: int) -> None: ...
+
+
+class _OpenSessions(set[Connection]):
+    """The open sessions; a session leaving tells the shared count (its client's
+    count in this worker is published again without it)."""
+
+    def __init__(self, on_discard: Callable[[Connection], None]) -> None:
+        super().__init__()
+        self._on_discard = on_discard
+
+    def discard(self, connection: object) -> None:
+        present = connection in self
+        super().discard(connection)
+        if present:
+            self._on_discard(connection)  # type: ignore[arg-type]  # it was in the set
+
+
+class SessionRegistry:
+    """The open sessions of one listener, so that shutdown can drain them.
+
+    With `shared` (several workers), the per-client limit counts every worker's
+    sessions: this worker's count of a client is published when one of its sessions
+    is admitted or leaves. A session answered 221 still counts in the other workers'
+    eyes until its connection is gone (moments later): the error is on the safe side.
+    """
+
+    def __init__(self, shared: ClientCounts | None = None) -> None:
+        self.shared = shared
+        self.open: set[Connection] = _OpenSessions(self._left) if shared else set()
         self.draining = False
+
+    def _left(self, connection: Connection) -> None:
+        assert self.shared is not None
+        client = connection.client_text
+        self.shared.publish(client, self.count_client(client))
 
     def refusal_for(self, peer_ip: str, config: Config) -> Reply | None:
         """Why a new connection from `peer_ip` may not even get a banner, if so
@@ -75,8 +112,13 @@ class SessionRegistry:
         return None
 
     def client_is_full(self, client_ip: str, config: Config) -> bool:
-        """Whether `client_ip` already has as many sessions as it may have."""
-        return self.count_client(client_ip) >= config.limits.max_connections_per_ip
+        """Whether `client_ip` already has as many sessions as it may have. With
+        several workers, a `False` counts the session about to start (shared.reserve)."""
+        local = self.count_client(client_ip)
+        limit = config.limits.max_connections_per_ip
+        if self.shared is not None:
+            return not self.shared.reserve(client_ip, local, limit)
+        return local >= limit
 
     def count_client(self, client_ip: str) -> int:
         """Sessions in progress from this client: per address for IPv4, per /64 for

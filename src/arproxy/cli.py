@@ -180,7 +180,12 @@ def _serve(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.log.level)
+    # Several workers: each line names the process that wrote it.
+    setup_logging(config.log.level, with_pid=config.server.workers > 1)
+    if config.server.workers > 1:
+        from arproxy.supervisor import run  # noqa: PLC0415  # check-config does not need it
+
+        return run(config)
     from arproxy.service import StartupError, serve  # noqa: PLC0415  # check-config needs neither
 
     try:
@@ -201,7 +206,8 @@ def _check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     print(
-        f"{args.path}: OK (listen {config.server.listen}, authserv-id "
+        f"{args.path}: OK (listen {config.server.listen}, {config.server.workers} "
+        f"worker{'s' if config.server.workers > 1 else ''}, authserv-id "
         f"{config.server.authserv_id}, downstream {config.relay.downstream})"
     )
     return EXIT_OK
@@ -322,11 +328,13 @@ def _complain(args: argparse.Namespace, problem: str) -> int:
     return EXIT_ERROR
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, with_pid: bool = False) -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s"
+        + ("[%(process)d]" if with_pid else "")
+        + ": %(message)s",
     )
     # Lines logged while a transaction is in progress (the checks', the relay's)
     # carry its queue id (arproxy.logcontext).

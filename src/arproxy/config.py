@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import socket
 import tomllib
@@ -69,6 +70,7 @@ class ServerConfig:
     shutdown_grace: float
     proxy_protocol: bool
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    workers: int = 1  # worker processes; 1: no supervisor, serve in this process
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,29 @@ def _server(t: _Table) -> ServerConfig:
         shutdown_grace=t.number("shutdown_grace", 30.0, minimum=0.0),
         proxy_protocol=proxy_protocol,
         trusted_proxies=trusted_proxies,
+        workers=_workers(t),
     )
+
+
+MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or
+    `taskset` narrows; os.cpu_count would count the whole machine)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _workers(t: _Table) -> int:
+    """`server.workers`: an integer from 1 to MAX_WORKERS, or "auto" (the default):
+    one per usable core."""
+    if t.data.get("workers") == "auto":
+        t.used.add("workers")
+        return min(usable_cores(), MAX_WORKERS)
+    value = t.data.get("workers")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise t.error("workers", f'must be an integer or "auto", not {value!r}')
+    return t.integer("workers", min(usable_cores(), MAX_WORKERS), minimum=1, maximum=MAX_WORKERS)
 
 
 def _relay(t: _Table) -> RelayConfig:

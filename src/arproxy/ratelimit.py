@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import Protocol
 
 from arproxy import names
 from arproxy.replies import AUTH_INVALID, TOO_MANY_FAILURES, Reply
@@ -40,6 +41,26 @@ class Decision:
     def reply(self) -> Reply:
         """535 to let the client try again, or 421 before closing the connection."""
         return TOO_MANY_FAILURES if self.disconnect else AUTH_INVALID
+
+
+class FailureLimiter(Protocol):
+    """What the authenticator asks of a limiter: this module's `AuthFailureLimiter`
+    (one process), or `arproxy.shared.SharedAuthLimiter` (the workers of one instance)."""
+
+    def blocked(self, ip: str) -> bool: ...
+
+    def delay_for(self, ip: str) -> float: ...
+
+    def record_failure(self, ip: str) -> Decision: ...
+
+    def record_success(self, ip: str) -> None: ...
+
+
+def failure_delay(earlier_failures: int, base_delay: float, max_delay: float) -> float:
+    """Seconds before answering a failure that follows `earlier_failures` in the window:
+    base_delay * 2**earlier_failures, capped at max_delay."""
+    exponent = min(earlier_failures, _MAX_EXPONENT)
+    return float(min(max_delay, base_delay * 2.0**exponent))
 
 
 class AuthFailureLimiter:
@@ -116,8 +137,7 @@ class AuthFailureLimiter:
         return sum(1 for at in times if now - at < self._window)
 
     def _delay(self, earlier_failures: int) -> float:
-        exponent = min(earlier_failures, _MAX_EXPONENT)
-        return float(min(self._max_delay, self._base_delay * 2.0**exponent))
+        return failure_delay(earlier_failures, self._base_delay, self._max_delay)
 
     def _prune(self, now: float) -> None:
         """Forget clients whose last failure left the window; they are at the front."""

@@ -18,10 +18,11 @@ DNS cache, in-flight       `resources.resolver`        per worker  a cache: a mi
 queries                    (dns.Resolver)                          query, never a wrong answer
 SPF / DKIM / argon2        `resources.spf_pool`,       per worker  CPU and threads are the
 thread pools               `dkim_pool`, `hash_pool`                process's own
-AUTH failure limiter       `resources.auth_limiter`    MUST BE     per worker, a guesser gets
-                           (ratelimit)                 SHARED      N x M x max_failures tries
-per-IP connection counts   server.SessionRegistry      MUST BE     per worker, one client gets
-                                                       SHARED      N x M x max_connections_per_ip
+AUTH failure limiter       `resources.auth_limiter`    SHARED by   per worker, a guesser would
+                           (shared.SharedAuthLimiter   the workers get N x max_failures tries;
+                           with several workers)                   Redis across instances
+per-IP connection counts   admission.SessionRegistry   SHARED by   per worker, one client would
+                           + shared.WorkerShare        the workers get N x max_connections_per_ip
 total connection count     server.SessionRegistry      per worker  protects this process's
                                                                    memory and descriptors
 TLS context, users file    service (reloaded by each   per worker  read-only copies of files;
@@ -33,8 +34,8 @@ metrics registry (future)  resources                   per worker  scraped per w
                                                                    by the collector
 =========================  ==========================  ==========  ==============================
 
-Today the two shared rows are per process: run one worker per instance until issue 10
-moves them to a shared store (Redis), not to a home-made protocol between processes.
+The two shared rows live in memory the supervisor maps before forking (arproxy.shared);
+across instances they are not shared until issue 10 moves them to Redis.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 
 from arproxy.config import Config
 from arproxy.dns import Resolver
-from arproxy.ratelimit import AuthFailureLimiter
+from arproxy.ratelimit import AuthFailureLimiter, FailureLimiter
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,21 @@ class WorkerResources:
     spf_pool: ThreadPoolExecutor
     dkim_pool: ThreadPoolExecutor
     hash_pool: ThreadPoolExecutor
-    auth_limiter: AuthFailureLimiter
+    auth_limiter: FailureLimiter
 
     @classmethod
-    def build(cls, config: Config, *, resolver: Resolver | None = None) -> WorkerResources:
+    def build(
+        cls,
+        config: Config,
+        *,
+        resolver: Resolver | None = None,
+        auth_limiter: FailureLimiter | None = None,
+    ) -> WorkerResources:
         """Make the worker's resources; call inside the running event loop.
 
         `resolver` replaces the one `config.dns` describes (tests, `arproxy check
-        --nameserver`). Raises RuntimeError outside a running loop.
+        --nameserver`); `auth_limiter` the in-process one (the limiter the workers of
+        one instance share, arproxy.shared). Raises RuntimeError outside a running loop.
         """
         asyncio.get_running_loop()  # the resolver is bound to the loop that builds it
         return cls(
@@ -77,7 +85,7 @@ class WorkerResources:
             spf_pool=ThreadPoolExecutor(config.checks.spf_threads, "arproxy-spf"),
             dkim_pool=ThreadPoolExecutor(config.checks.dkim_threads, "arproxy-dkim"),
             hash_pool=ThreadPoolExecutor(config.auth.hash_threads, "arproxy-argon2"),
-            auth_limiter=AuthFailureLimiter(max_failures=config.auth.max_failures),
+            auth_limiter=auth_limiter or AuthFailureLimiter(max_failures=config.auth.max_failures),
         )
 
     async def close(self) -> None:

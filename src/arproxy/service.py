@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+from dataclasses import dataclass
 
 from arproxy.admission import SessionRegistry
 from arproxy.config import Config, HostPort
 from arproxy.pipeline import Pipeline
 from arproxy.resources import WorkerResources
 from arproxy.server import SessionHandler, make_protocol_factory
+from arproxy.shared import WorkerShare
 from arproxy.smtpauth import Authenticator
 from arproxy.streams import serve_tls
 from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed
@@ -37,6 +40,18 @@ class StartupError(Exception):
 def load_security(
     config: Config, resources: WorkerResources
 ) -> tuple[Authenticator | None, ReloadableContext | None]:
+    """The authenticator and TLS context of one worker (StartupError when a file is bad)."""
+    users, tls = load_files(config)
+    authenticator = (
+        Authenticator(users, resources.auth_limiter, resources.hash_pool) if users else None
+    )
+    return authenticator, tls
+
+
+def load_files(config: Config) -> tuple[UsersFile | None, ReloadableContext | None]:
+    """Read the users file and the TLS pair (making the throwaway self-signed pair first
+    when configured). The supervisor calls this before forking, so that a bad file is
+    one clear error, not N failing workers. Raises StartupError naming the file."""
     cert, key = config.tls.cert, config.tls.key
     fresh = (
         cert is not None
@@ -57,10 +72,7 @@ def load_security(
         users = UsersFile.load(config.auth.users_file) if config.auth.users_file else None
     except (TlsError, UsersFileError) as exc:
         raise StartupError(str(exc)) from exc
-    authenticator = (
-        Authenticator(users, resources.auth_limiter, resources.hash_pool) if users else None
-    )
-    return authenticator, tls
+    return users, tls
 
 
 def reload_security(config: Config, handler: SessionHandler) -> None:
@@ -78,12 +90,35 @@ def reload_security(config: Config, handler: SessionHandler) -> None:
             log.error("reload: keeping the old users: %s", exc)
 
 
+@dataclass(frozen=True)
+class Listeners:
+    """Sockets bound and listening before the workers were forked (arproxy.supervisor):
+    `main` for `server.listen`, `implicit` for `tls.implicit_listen` (one per address the
+    host name gave)."""
+
+    main: tuple[socket.socket, ...]
+    implicit: tuple[socket.socket, ...] = ()
+
+
 async def serve(
-    config: Config, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+    config: Config,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    listeners: Listeners | None = None,
+    share: WorkerShare | None = None,
 ) -> None:
-    """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain."""
+    """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain.
+
+    One worker: on `listeners` when given (inherited from the supervisor), else on
+    sockets of its own; with `share`, the per-client session counts and the AUTH
+    failures are the ones every worker of the instance sees (arproxy.shared).
+    Raises StartupError (a named file is unusable) and OSError (cannot listen).
+    """
     loop = asyncio.get_running_loop()
-    resources = WorkerResources.build(config)
+    resources = WorkerResources.build(
+        config, auth_limiter=share.auth_limiter() if share is not None else None
+    )
     try:
         authenticator, tls = load_security(config, resources)
     except StartupError:
@@ -92,11 +127,11 @@ async def serve(
     pipeline = Pipeline(config, resources=resources)
     pipeline.relay.prepare()
     handler = SessionHandler(pipeline, authenticator, tls)
-    registry = SessionRegistry()
-    listeners = [await _listen(config, handler, registry, config.server.listen, implicit=False)]
+    registry = SessionRegistry(share)
+    servers = await _listen(config, handler, registry, config.server.listen, False, listeners)
     if config.tls.implicit_listen is not None:
-        listeners.append(
-            await _listen(config, handler, registry, config.tls.implicit_listen, implicit=True)
+        servers += await _listen(
+            config, handler, registry, config.tls.implicit_listen, True, listeners
         )
     if stop is None:
         stop = asyncio.Event()
@@ -108,15 +143,15 @@ async def serve(
         ready.set()
     await stop.wait()
     log.info("shutting down: no new connections, draining %d open session(s)", len(registry.open))
-    for listener in listeners:
-        listener.close()
+    for server in servers:
+        server.close()
     # The whole stop fits in shutdown_grace plus STOP_CLEANUP: the clean-up after
     # the drain (RSET/QUIT to a downstream that may never answer) gets what is left.
     end = loop.time() + config.server.shutdown_grace + STOP_CLEANUP
     await registry.drain(config.server.shutdown_grace)
     await registry.wait_closed(timeout=max(0.0, end - loop.time()))
-    for listener in listeners:
-        await listener.wait_closed()
+    for server in servers:
+        await server.wait_closed()
     # RSET/QUIT to the downstream for sessions that ended in the drain (each bounded
     # by relay.CLOSE_TIMEOUT, and all by `end`); what still runs is cancelled.
     await pipeline.finish_background(timeout=max(0.0, end - loop.time()))
@@ -129,9 +164,9 @@ async def _listen(
     handler: SessionHandler,
     registry: SessionRegistry,
     address: HostPort,
-    *,
     implicit: bool,
-) -> asyncio.Server:
+    inherited: Listeners | None,
+) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
     factory = make_protocol_factory(config, handler, registry, implicit_tls=implicit)
     if implicit:
@@ -146,7 +181,10 @@ async def _listen(
             # keep the time a silent client can hold a socket before that short.
             return serve_tls(loop, smtp_factory(), ssl_context, TLS_HANDSHAKE_TIMEOUT)
 
-    return await loop.create_server(factory, host=address.host, port=address.port)
+    if inherited is None:
+        return [await loop.create_server(factory, host=address.host, port=address.port)]
+    sockets = inherited.implicit if implicit else inherited.main
+    return [await loop.create_server(factory, sock=sock) for sock in sockets]
 
 
 def _log_start(

@@ -13,7 +13,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from arproxy.ratelimit import AuthFailureLimiter
+from arproxy.ratelimit import FailureLimiter
 from arproxy.replies import AUTH_SUCCESS, TOO_MANY_FAILURES, Reply
 from arproxy.users import UsersFile, user_problem
 
@@ -35,10 +35,10 @@ class AuthOutcome:
 class Authenticator:
     """One per worker: the users file (swapped on reload), the failure limiter and the
     pool the password hashes run in, both from the worker's resources (arproxy.resources:
-    the limiter is per process today, though it must be shared across workers)."""
+    with several workers the limiter is the one they share, arproxy.shared)."""
 
     def __init__(
-        self, users: UsersFile, limiter: AuthFailureLimiter, hash_pool: Executor | None = None
+        self, users: UsersFile, limiter: FailureLimiter, hash_pool: Executor | None = None
     ) -> None:
         self.users = users
         self.limiter = limiter

@@ -52,6 +52,8 @@ def arproxy_config(
     extra: str = "",
     relay_timeout: float = 10.0,
 ) -> str:
+    if "workers" not in server:
+        server = "workers = 1\n" + server  # one process unless a test is about workers
     return CONFIG_TEMPLATE.format(
         downstream=downstream,
         nameserver=nameserver,

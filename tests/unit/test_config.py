@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +128,22 @@ def test_max_line_length() -> None:
     for bad, words in (("997", "below the minimum 998"), ("100001", "above the maximum")):
         with pytest.raises(ConfigError, match=words):
             parse_config(f"[limits]\nmax_line_length = {bad}", "t")
+
+
+def test_workers_default_to_the_usable_cores() -> None:
+    """server.workers: default and "auto" are the cores this process may run on (its
+    affinity mask), 1 serves in-process; anything else is one clear error."""
+    cores = len(os.sched_getaffinity(0))
+    assert parse_config("", "t").server.workers == cores
+    assert parse_config('[server]\nworkers = "auto"', "t").server.workers == cores
+    assert parse_config("[server]\nworkers = 1", "t").server.workers == 1
+    assert parse_config("[server]\nworkers = 7", "t").server.workers == 7
+    for bad, problem in (
+        ("0", "0 is below the minimum 1"),
+        ("257", "257 is above the maximum 256"),
+        ('"many"', """must be an integer or "auto", not 'many'"""),
+        ("2.5", 'must be an integer or "auto", not 2.5'),
+        ("true", 'must be an integer or "auto", not True'),
+    ):
+        with pytest.raises(ConfigError, match=f"t: \\[server\\] workers: {re.escape(problem)}"):
+            parse_config(f"[server]\nworkers = {bad}", "t")

@@ -1,0 +1,330 @@
+"""The supervisor: `server.workers` processes serving the same listening sockets.
+
+With `server.workers > 1`, `arproxy serve` becomes this parent process. It
+1. validates what the workers will read (TLS pair, users file: `service.load_files`),
+   so a bad file is one error and exit 2 before anything is forked;
+2. binds the listeners once (`server.listen`, `tls.implicit_listen`) and makes the
+   shared tables (arproxy.shared) -- nothing else: no event loop, no thread, no
+   resolver exists before the fork, each worker builds its own in `service.serve`;
+3. forks the workers; each accepts on the inherited sockets with its own event loop
+   and `WorkerResources` (a pre-bound shared socket rather than SO_REUSEPORT: no
+   port race between workers, no kernel hashing that pins a client to a busy
+   worker, and a restarted worker takes over the same sockets);
+4. forwards SIGTERM and SIGINT (each worker drains, as `arproxy serve` does with one
+   worker) and SIGHUP (each worker reloads its TLS pair and users file) to every
+   worker;
+5. restarts a worker that died while not asked to stop, after a delay that doubles
+   with each quick failure of that worker (RESTART_FIRST_DELAY up to
+   RESTART_MAX_DELAY), and gives up -- stops the others, exit 1 -- after
+   MAX_QUICK_FAILURES failures in a row, each within STABLE_AFTER seconds of its start;
+6. after SIGTERM exits 0 when every worker exited 0, else 1; a worker still running
+   `server.shutdown_grace` + KILL_AFTER_GRACE seconds after the signal is killed.
+
+The signals are blocked in the parent and read synchronously (`sigtimedwait`), so
+none is lost between two checks; a worker inherits the blocked mask and unblocks it
+only once its event loop has its handlers, so an early SIGTERM is a drain, not a
+default-action death. Each worker asks the kernel for SIGTERM when the parent dies
+(PR_SET_PDEATHSIG), so a killed supervisor leaves no orphan serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from arproxy.config import Config, HostPort
+from arproxy.service import Listeners, StartupError, load_files, serve
+from arproxy.shared import SharedState, WorkerShare
+
+log = logging.getLogger("arproxy.supervisor")
+
+SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
+RESTART_FIRST_DELAY = 0.5  # seconds before restarting a worker that died
+RESTART_MAX_DELAY = 30.0
+STABLE_AFTER = 30.0  # a worker that ran this long had a good start: its delay resets
+MAX_QUICK_FAILURES = 5
+KILL_AFTER_GRACE = 10.0  # seconds past shutdown_grace before stragglers get SIGKILL
+POLL = 1.0  # longest wait for a signal (children are also reaped on each wake-up)
+BACKLOG = 128
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+_PR_SET_PDEATHSIG = 1
+
+
+def run(config: Config) -> int:
+    """Serve with `config.server.workers` processes until SIGTERM/SIGINT; the exit code.
+
+    0: stopped on request and every worker drained; 1: cannot listen, a worker had
+    to be killed or exited non-zero, or workers kept failing; 2: a file named by the
+    configuration is unusable (nothing was forked).
+    """
+    try:
+        load_files(config)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
+    try:
+        listeners = bind_listeners(config)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", config.server.listen, exc.strerror or exc)
+        return EXIT_FAILED
+    shared = SharedState(
+        config.server.workers, config.limits.max_connections, config.auth.max_failures
+    )
+    supervisor = Supervisor(config, listeners, shared)
+    try:
+        return supervisor.run()
+    finally:
+        for sock in (*listeners.main, *listeners.implicit):
+            sock.close()
+
+
+def bind_listeners(config: Config) -> Listeners:
+    """Listening sockets for the workers to share; OSError if an address is unusable."""
+    main = bind(config.server.listen)
+    implicit: tuple[socket.socket, ...] = ()
+    try:
+        if config.tls.implicit_listen is not None:
+            implicit = bind(config.tls.implicit_listen)
+    except OSError:
+        for sock in main:
+            sock.close()
+        raise
+    return Listeners(main, implicit)
+
+
+def bind(address: HostPort) -> tuple[socket.socket, ...]:
+    """One non-blocking listening socket per address `address.host` resolves to, bound
+    as asyncio's create_server binds (SO_REUSEADDR; IPv6 sockets IPv6 only)."""
+    infos = socket.getaddrinfo(
+        address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return tuple(sockets)
+
+
+@dataclass
+class _Slot:
+    """One worker position: its current process and its failure record."""
+
+    index: int
+    pid: int | None = None
+    started: float = 0.0
+    quick_failures: int = 0
+    restart_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    listeners: Listeners
+    shared: SharedState
+    slots: list[_Slot] = field(default_factory=list)
+    stopping: bool = False
+    failed: bool = False
+    kill_at: float = 0.0
+    clock: Callable[[], float] = time.monotonic  # injected by the unit tests
+
+    def run(self) -> int:
+        self.slots = [_Slot(index) for index in range(self.config.server.workers)]
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        log.info(
+            "supervisor pid %d: starting %d workers on %s%s",
+            os.getpid(),
+            len(self.slots),
+            self.config.server.listen,
+            f" and {self.config.tls.implicit_listen}" if self.config.tls.implicit_listen else "",
+        )
+        for slot in self.slots:
+            self._start(slot)
+        while True:
+            received = signal.sigtimedwait(SIGNALS, self._wait_time())
+            if received is not None:
+                self._on_signal(received.si_signo)
+            self._reap()
+            running = [slot for slot in self.slots if slot.pid is not None]
+            if self.stopping:
+                if not running:
+                    log.info("supervisor: all workers stopped")
+                    return EXIT_FAILED if self.failed else EXIT_OK
+                if self.clock() >= self.kill_at:
+                    self._kill(running)
+                    return EXIT_FAILED
+                continue
+            now = self.clock()
+            for slot in self.slots:
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    self._start(slot)
+
+    def _wait_time(self) -> float:
+        now = self.clock()
+        due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+        if self.stopping:
+            due.append(self.kill_at)
+        return max(0.01, min([POLL, *(at - now for at in due)]))
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            if not self.stopping:
+                log.info(
+                    "supervisor: %s: draining %d workers",
+                    signal.Signals(signum).name,
+                    sum(1 for slot in self.slots if slot.pid is not None),
+                )
+                self._stop()
+        elif signum == signal.SIGHUP and not self.stopping:
+            log.info("supervisor: SIGHUP: every worker reloads its TLS pair and users file")
+            self._forward(signal.SIGHUP)
+
+    def _stop(self) -> None:
+        self.stopping = True
+        self.kill_at = self.clock() + self.config.server.shutdown_grace + KILL_AFTER_GRACE
+        for slot in self.slots:
+            slot.restart_at = None
+        self._forward(signal.SIGTERM)
+
+    def _forward(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+                    os.kill(slot.pid, signum)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((slot for slot in self.slots if slot.pid == pid), None)
+            if slot is not None:
+                slot.pid = None
+                self._exited(slot, pid, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, slot: _Slot, pid: int, code: int) -> None:
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if self.stopping:
+            if code != 0:
+                self.failed = True
+            log.log(
+                logging.INFO if code == 0 else logging.WARNING,
+                "worker %d (pid %d) stopped: %s",
+                slot.index,
+                pid,
+                how,
+            )
+            return
+        now = self.clock()
+        slot.quick_failures = 1 if now - slot.started >= STABLE_AFTER else slot.quick_failures + 1
+        if slot.quick_failures > MAX_QUICK_FAILURES:
+            log.error(
+                "worker %d (pid %d) died (%s), the %d. time in a row within %.0fs of its "
+                "start: giving up, stopping the others",
+                slot.index,
+                pid,
+                how,
+                slot.quick_failures,
+                STABLE_AFTER,
+            )
+            self.failed = True
+            self._stop()
+            return
+        delay = min(RESTART_MAX_DELAY, RESTART_FIRST_DELAY * 2.0 ** (slot.quick_failures - 1))
+        slot.restart_at = now + delay
+        log.error("worker %d (pid %d) died (%s): restarting in %.1fs", slot.index, pid, how, delay)
+
+    def _kill(self, running: list[_Slot]) -> None:
+        for slot in running:
+            assert slot.pid is not None
+            log.error(
+                "worker %d (pid %d) still running %.0fs after SIGTERM: killing it",
+                slot.index,
+                slot.pid,
+                self.config.server.shutdown_grace + KILL_AFTER_GRACE,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signal.SIGKILL)
+        for slot in running:
+            assert slot.pid is not None
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(slot.pid, 0)
+            slot.pid = None
+
+    def _start(self, slot: _Slot) -> None:
+        slot.restart_at = None
+        # The dead worker's sessions are gone: its count column must not keep them.
+        self.shared.clear_worker(slot.index)
+        parent = os.getpid()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _worker_main(self.config, self.listeners, self.shared.for_worker(slot.index), parent)
+        slot.pid = pid
+        slot.started = self.clock()
+        log.info("worker %d started: pid %d", slot.index, pid)
+
+
+def _worker_main(config: Config, listeners: Listeners, share: WorkerShare, parent: int) -> NoReturn:
+    """The forked child: serve until told to stop, then leave without returning into
+    the parent's code (os._exit)."""
+    code = EXIT_FAILED
+    try:
+        _die_with_parent(parent)
+        asyncio.run(_serve_worker(config, listeners, share))
+        code = EXIT_OK
+    except StartupError as exc:
+        log.error("worker cannot start: %s", exc)
+        code = EXIT_CONFIG
+    except Exception:
+        log.exception("worker %d failed", share.worker)
+    finally:
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+async def _serve_worker(config: Config, listeners: Listeners, share: WorkerShare) -> None:
+    ready = asyncio.Event()
+    serving = asyncio.create_task(serve(config, ready=ready, listeners=listeners, share=share))
+    readiness = asyncio.create_task(ready.wait())
+    await asyncio.wait((serving, readiness), return_when=asyncio.FIRST_COMPLETED)
+    readiness.cancel()
+    # The parent's mask was inherited: signals that arrived since the fork wait here
+    # and are delivered now, to serve's handlers (drain, reload).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    await serving
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask for SIGTERM when the supervisor dies (Linux prctl); if it already has, leave."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:
+        raise SystemExit(EXIT_FAILED)

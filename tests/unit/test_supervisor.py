@@ -1,0 +1,58 @@
+"""The supervisor's restart rules, without forking: a worker that died is restarted
+after a delay that doubles with each quick failure, never in a tight loop, and after
+MAX_QUICK_FAILURES in a row the supervisor stops the others and will exit 1."""
+
+from __future__ import annotations
+
+from arproxy import supervisor
+from arproxy.config import parse_config
+from arproxy.service import Listeners
+from arproxy.shared import SharedState
+from arproxy.supervisor import Supervisor, _Slot
+
+NOW = 7000.0
+
+
+def make_supervisor() -> Supervisor:
+    config = parse_config("[server]\nworkers = 2", "t")
+    shared = SharedState(workers=2, max_connections=10, max_failures=5)
+    sup = Supervisor(config, Listeners(()), shared, clock=lambda: NOW)  # a clock standing still
+    sup.slots = [_Slot(0), _Slot(1)]
+    return sup
+
+
+def test_quick_failures_back_off_then_give_up() -> None:
+    sup = make_supervisor()
+    slot = sup.slots[0]
+    delays = []
+    for attempt in range(supervisor.MAX_QUICK_FAILURES):
+        slot.started = NOW  # died at once, every time
+        sup._exited(slot, 1000 + attempt, 1)
+        assert slot.restart_at is not None
+        delays.append(slot.restart_at - NOW)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert not sup.stopping
+    slot.started = NOW
+    sup._exited(slot, 2000, 1)
+    assert sup.stopping and sup.failed  # run() then returns EXIT_FAILED
+    assert slot.restart_at is None
+
+
+def test_a_worker_that_ran_long_enough_starts_its_count_again() -> None:
+    sup = make_supervisor()
+    slot = sup.slots[1]
+    slot.quick_failures = supervisor.MAX_QUICK_FAILURES
+    slot.started = NOW - supervisor.STABLE_AFTER
+    sup._exited(slot, 3000, -9)
+    assert slot.quick_failures == 1
+    assert slot.restart_at == NOW + supervisor.RESTART_FIRST_DELAY
+    assert not sup.stopping
+
+
+def test_an_exit_while_stopping_is_not_restarted() -> None:
+    sup = make_supervisor()
+    sup._stop()
+    sup._exited(sup.slots[0], 4000, 0)
+    assert sup.slots[0].restart_at is None and not sup.failed
+    sup._exited(sup.slots[1], 4001, 1)
+    assert sup.failed  # a worker that did not drain cleanly: exit 1
