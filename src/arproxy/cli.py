@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from arproxy import __version__, logcontext
+from arproxy import __version__, logformat
 from arproxy.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.format)
     from arproxy.service import StartupError, serve  # noqa: PLC0415  # check-config needs neither
 
     try:
@@ -322,15 +322,8 @@ def _complain(args: argparse.Namespace, problem: str) -> int:
     return EXIT_ERROR
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Lines logged while a transaction is in progress (the checks', the relay's)
-    # carry its queue id (arproxy.logcontext).
-    logcontext.install()
+def setup_logging(level: str, form: Literal["text", "json"] = "text") -> None:
+    logformat.setup(level, form)
     # aiosmtpd logs every command line at INFO (and would log AUTH exchanges), and
     # its warnings echo client bytes unescaped: ours give one escaped line per
     # decision, so aiosmtpd only speaks for errors.

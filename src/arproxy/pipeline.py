@@ -94,6 +94,9 @@ class Pipeline:
         self._background: set[asyncio.Future[None]] = set()
         # Called with every RCPT and DATA outcome, after its log line (metrics).
         self.observers: list[Callable[[Outcome], None]] = []
+        # Called when a session opens, and at each refused AUTH (metrics).
+        self.session_observers: list[Callable[[ClientFacts], None]] = []
+        self.auth_failure_observers: list[Callable[[ClientFacts], None]] = []
         self.intake_limits = IntakeLimits(
             bare_newline=config.limits.bare_newline,
             eight_bit_header=config.limits.eight_bit_header,
@@ -130,7 +133,10 @@ class Pipeline:
 
     def open_session(self, client_ip: str, port: int = 0, *, tls: bool = False) -> Session:
         """A new SMTP session from `client_ip`; its connect-time checks (iprev) start now."""
-        return Session(self, ClientFacts(ip=client_ip, port=port, tls=tls))
+        facts = ClientFacts(ip=client_ip, port=port, tls=tls)
+        for observer in self.session_observers:
+            observer(facts)
+        return Session(self, facts)
 
 
 def new_queue_id() -> str:
@@ -198,6 +204,8 @@ class Session:
 
     def auth_failed(self, attempted: str | None) -> None:
         """A refused AUTH; `attempted` is the user name tried, when printable."""
+        for observer in self.pipeline.auth_failure_observers:
+            observer(self.facts)
         if attempted is None:
             return
         if self.facts.auth_identity is None:
@@ -261,7 +269,7 @@ class Session:
 
     def _publish(self, outcome: Outcome, level: int) -> None:
         """The outcome's one log line, then whoever subscribed (`Pipeline.observers`)."""
-        log.log(level, "%s", log_line(outcome))
+        log.log(level, "%s", log_line(outcome), extra={"outcome": outcome})
         for observer in self.pipeline.observers:
             observer(outcome)
 
@@ -390,6 +398,7 @@ class Transaction:
         forged: tuple[str, ...] = (),
         reason: str | None = None,
         relay: str = "",
+        relay_time: float = 0.0,
     ) -> TransactionOutcome:
         return TransactionOutcome(
             queue_id=self.queue_id,
@@ -404,6 +413,8 @@ class Transaction:
             forged=forged,
             reason=reason,
             relay=relay,
+            relay_time=relay_time,
+            check_times=self.checks.timings,
         )
 
     async def deliver(self, content: bytes) -> TransactionOutcome:
@@ -435,6 +446,7 @@ class Transaction:
         )
         prepend = [field.encode("utf-8"), received_field(trace)]
         rewritten = rewrite_header(content, prepend, self.pipeline.forgery_policy)
+        relay_started = time.monotonic()
         reply = await self._delivery.send(rewritten.message)
         return self._outcome(
             Decider.DOWNSTREAM,
@@ -443,6 +455,7 @@ class Transaction:
             results=results,
             forged=tuple(rewritten.removed),
             relay=str(config.relay.downstream),
+            relay_time=time.monotonic() - relay_started,
         )
 
     async def close(self) -> None:
