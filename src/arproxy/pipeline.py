@@ -41,7 +41,7 @@ from arproxy.outcome import (
     log_line,
     printable,
 )
-from arproxy.relay import Delivery, Relay, make_relay
+from arproxy.relay import Delivery, Relay, make_relay, set_origin
 from arproxy.replies import (
     INVALID_HELO,
     LINE_TOO_LONG_IN_DATA,
@@ -228,6 +228,13 @@ class Session:
         )
         # This task's log lines (and its checks' and relay's) now carry the queue id.
         logcontext.set_queue_id(self.transaction.queue_id)
+        set_origin(
+            addr=self.facts.ip,
+            port=self.facts.port,
+            helo=self.facts.helo,
+            esmtp=self.facts.esmtp,
+            queue_id=self.transaction.queue_id,
+        )
         return SENDER_OK
 
     async def rcpt(self, recipient: str) -> RecipientOutcome:

@@ -230,6 +230,10 @@ def test_a_message_through_haproxy_keeps_the_clients_address(topology: Topology)
     ]
     assert len(summary) == 1, logs
     assert f"client={CLIENT_IP}" in summary[0]
+    # XFORWARD (Postfix XFORWARD_README): Postfix logs the real client and our queue id.
+    postfix_log = topology.postfix.log
+    assert f"client=unknown[{CLIENT_IP}]" in postfix_log, postfix_log
+    assert f"orig_queue_id={queue_id[1]}" in postfix_log, postfix_log
     (field_,) = stored.get_all("Authentication-Results")
     results = " ".join(field_.split())
     # RFC 8601 section 3: iprev's property is policy.iprev, the client's address.

@@ -20,6 +20,7 @@ from arproxy.config import ConfigError, HostPort, parse_config
 from arproxy.logformat import JsonFormatter
 from arproxy.metrics import Metrics, downstream_error_kind, transaction_label
 from arproxy.outcome import ClientFacts, Decider, RecipientOutcome, log_fields
+from arproxy.relay import xforward_commands
 from arproxy.replies import (
     DOWNSTREAM_TIMEOUT,
     DOWNSTREAM_UNAVAILABLE,
@@ -170,3 +171,14 @@ def test_sd_notify_without_systemd_does_nothing(monkeypatch: pytest.MonkeyPatch)
     assert not sdnotify.notify("READY=1")
     monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
     assert not sdnotify.notify("READY=1")  # logged, never raised
+
+
+def test_xforward_sends_the_offered_attributes_in_xtext() -> None:
+    origin = {"ADDR": "192.0.2.1", "HELO": "a=b+c d\u00e9", "IDENT": "Q1", "PORT": "4000"}
+    # RFC 3461 section 4: "+", "=", space and non-ASCII octets are written "+HH".
+    assert xforward_commands("ADDR HELO IDENT", origin) == [
+        "ADDR=192.0.2.1",
+        "HELO=a+3Db+2Bc+20d+C3+A9",
+        "IDENT=Q1",
+    ]
+    assert xforward_commands("ADDR", None) == []
