@@ -274,15 +274,16 @@ def start(config: MetricsConfig, pipeline: Pipeline) -> Endpoint | None:
     """What `service.serve` runs: nothing when `config.listen` is unset (no endpoint,
     nothing counted), else this process's metrics attached to `pipeline` and served.
 
-    With `multiprocess_dir` set this process owns the directory (emptied first); a
-    supervisor of several workers calls `use_multiprocess_dir` and
-    `clear_multiprocess_dir` before forking and serves with `serve_endpoint` itself.
+    In multiprocess mode (`multiprocess_dir`, or PROMETHEUS_MULTIPROC_DIR) this single
+    process owns the directory, emptied first; a supervisor of several workers calls
+    `use_multiprocess_dir` and `clear_multiprocess_dir` before forking and serves with
+    `serve_endpoint` itself, its workers only making `Metrics` and attaching them.
     Raises OSError when the address cannot be bound.
     """
     if config.listen is None:
         return None
     directory = use_multiprocess_dir(config.multiprocess_dir)
-    if directory is not None and config.multiprocess_dir is not None:
+    if directory is not None:
         clear_multiprocess_dir(directory)
     metrics = Metrics()
     metrics.attach(pipeline)

@@ -72,6 +72,15 @@ def test_compose_topology_scales_and_pins_its_images() -> None:
         assert ":" in image and re.search(r"\d", tag) and tag != "latest", (name, image)
 
 
+def test_image_is_multi_stage_slim_non_root_with_a_healthcheck() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert len(bases) == 2 and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", b) for b in bases)
+    assert re.search(r"^USER arproxy", text, re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK .*arproxy-healthcheck", text, re.MULTILINE | re.DOTALL)
+    assert "pip wheel --wheel-dir /wheels ." in text  # arproxy from this repository
+
+
 def test_haproxy_configuration_is_valid() -> None:
     completed = run("haproxy", "-c", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg"))
     assert completed.returncode == 0, completed.stdout + completed.stderr
