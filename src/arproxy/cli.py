@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from arproxy import __version__, logcontext
+from arproxy import __version__, logformat
 from arproxy.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     # Several workers: each line names the process that wrote it.
-    setup_logging(config.log.level, with_pid=config.server.workers > 1)
+    setup_logging(config.log.level, config.log.format, with_pid=config.server.workers > 1)
     if config.server.workers > 1:
         from arproxy.supervisor import run  # noqa: PLC0415  # check-config does not need it
 
@@ -328,17 +328,10 @@ def _complain(args: argparse.Namespace, problem: str) -> int:
     return EXIT_ERROR
 
 
-def setup_logging(level: str, *, with_pid: bool = False) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s"
-        + ("[%(process)d]" if with_pid else "")
-        + ": %(message)s",
-    )
-    # Lines logged while a transaction is in progress (the checks', the relay's)
-    # carry its queue id (arproxy.logcontext).
-    logcontext.install()
+def setup_logging(
+    level: str, form: Literal["text", "json"] = "text", *, with_pid: bool = False
+) -> None:
+    logformat.setup(level, form, with_pid=with_pid)
     # aiosmtpd logs every command line at INFO (and would log AUTH exchanges), and
     # its warnings echo client bytes unescaped: ours give one escaped line per
     # decision, so aiosmtpd only speaks for errors.

@@ -155,6 +155,16 @@ class AuthConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"]
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """`listen`: where the Prometheus endpoint is served (None: no endpoint);
+    `multiprocess_dir`: prometheus-client's multiprocess directory (None: one process)."""
+
+    listen: HostPort | None = None
+    multiprocess_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,7 @@ class Config:
     tls: TlsConfig
     auth: AuthConfig
     log: LogConfig
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # --- loading -----------------------------------------------------------------
@@ -212,7 +223,11 @@ def parse_config(text: str, source: str) -> Config:
         limits=_limits(sections["limits"]),
         tls=_tls(sections["tls"]),
         auth=_auth(sections["auth"]),
-        log=LogConfig(level=sections["log"].choice("level", "info", _LOG_LEVELS)),
+        log=LogConfig(
+            level=sections["log"].choice("level", "info", _LOG_LEVELS),
+            format=sections["log"].choice("format", "text", ("text", "json")),
+        ),
+        metrics=_metrics(sections["metrics"]),
     )
     for table in sections.values():
         table.finish()
@@ -239,6 +254,7 @@ _SECTIONS = (
     "tls",
     "auth",
     "log",
+    "metrics",
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -346,6 +362,16 @@ def _limits(t: _Table) -> LimitsConfig:
         bare_newline=t.choice("bare_newline", "reject", ("reject", "normalize")),
         eight_bit_header=t.choice("eight_bit_header", "accept", ("accept", "reject")),
         data_timeout=t.number("data_timeout", 600.0, minimum=1.0),
+    )
+
+
+def _metrics(t: _Table) -> MetricsConfig:
+    listen = t.string("listen", None)
+    directory = t.path("multiprocess_dir")
+    if directory is not None and listen is None:
+        raise t.error("multiprocess_dir", "needs listen: the endpoint that reads it")
+    return MetricsConfig(
+        listen=t.host_port("listen", "") if listen else None, multiprocess_dir=directory
     )
 
 

@@ -147,6 +147,8 @@ class Resolver:
         self._cache: OrderedDict[tuple[str, str], tuple[float, Lookup]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Future[Lookup]] = {}
         self.queries_sent = 0
+        self.lookups = 0  # lookups asked of the cache (metrics: hit ratio)
+        self.cache_hits = 0
 
     @classmethod
     def from_config(cls, config: DnsConfig) -> Resolver:
@@ -163,8 +165,10 @@ class Resolver:
         key = (name.translate(_ASCII_LOWER).removesuffix("."), rtype)
         if wire_labels(key[0]) is None:
             return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
+        self.lookups += 1
         cached = self._cache_get(key)
         if cached is not None:
+            self.cache_hits += 1
             return cached
         # Concurrent checks often ask the same question (SPF and DMARC both want
         # the From domain's TXT): share one query instead of sending two. The query

@@ -91,7 +91,9 @@ class RecipientOutcome:
 @dataclass(frozen=True)
 class TransactionOutcome:
     """The decision at the end of DATA; `elapsed` in seconds since MAIL, `size` in
-    octets as received, `forged` the authserv-ids of the fields removed or renamed."""
+    octets as received, `forged` the authserv-ids of the fields removed or renamed,
+    `relay_time` the seconds the downstream took to answer DATA (0: not asked),
+    `check_times` each finished check's method and seconds (metrics)."""
 
     queue_id: str
     client: ClientFacts
@@ -105,6 +107,8 @@ class TransactionOutcome:
     forged: tuple[str, ...] = ()
     reason: str | None = None
     relay: str = ""
+    relay_time: float = 0.0
+    check_times: tuple[tuple[str, float], ...] = ()
 
 
 Outcome = RecipientOutcome | TransactionOutcome
@@ -129,6 +133,49 @@ def log_line(outcome: Outcome) -> str:
         f"results=[{summary(outcome.results)}] relay={outcome.relay or '-'} "
         f"time={outcome.elapsed:.3f} {_verdict(outcome)}: {_reply_text(outcome.reply)}"
     )
+
+
+def log_fields(outcome: Outcome) -> dict[str, object]:
+    """The same facts as `log_line`, as one JSON-ready object (`log.format = "json"`):
+    strings as received (JSON escapes them), each result with its reason, durations
+    in seconds. Shape: {"id", "client", "stage", "helo", "from", "to" | "recipients",
+    "verdict", "reply": {"code", "enhanced", "text"}, ...}."""
+    fields: dict[str, object] = {
+        "id": outcome.queue_id,
+        "client": outcome.client.ip,
+        "stage": str(outcome.decided_by),
+        "helo": outcome.client.helo,
+        "from": "" if outcome.sender == "<>" else outcome.sender,
+    }
+    if isinstance(outcome, RecipientOutcome):
+        fields["to"] = outcome.recipient
+    else:
+        fields.update(
+            recipients=list(outcome.recipients),
+            size=outcome.size,
+            results=[_result_fields(result) for result in outcome.results],
+            forged_ids=list(outcome.forged),
+            relay=outcome.relay or None,
+            time=round(outcome.elapsed, 6),
+            relay_time=round(outcome.relay_time, 6),
+        )
+    fields["verdict"] = _verdict(outcome)
+    fields["reason"] = outcome.reason
+    fields["reply"] = {
+        "code": outcome.reply.code,
+        "enhanced": outcome.reply.enhanced,
+        "text": " / ".join(outcome.reply.lines),
+    }
+    return fields
+
+
+def _result_fields(result: MethodResult) -> dict[str, object]:
+    reason = getattr(result, "reason", None)
+    return {
+        "method": result.method,
+        "value": result.value.value,
+        "reason": reason if isinstance(reason, str) and reason else None,
+    }
 
 
 def _verdict(outcome: Outcome) -> str:

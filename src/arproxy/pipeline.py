@@ -41,7 +41,7 @@ from arproxy.outcome import (
     log_line,
     printable,
 )
-from arproxy.relay import Delivery, Relay, make_relay
+from arproxy.relay import Delivery, Relay, make_relay, set_origin
 from arproxy.replies import (
     INVALID_HELO,
     LINE_TOO_LONG_IN_DATA,
@@ -95,6 +95,9 @@ class Pipeline:
         self._background: set[asyncio.Future[None]] = set()
         # Called with every RCPT and DATA outcome, after its log line (metrics).
         self.observers: list[Callable[[Outcome], None]] = []
+        # Called when a session opens, and at each refused AUTH (metrics).
+        self.session_observers: list[Callable[[ClientFacts], None]] = []
+        self.auth_failure_observers: list[Callable[[ClientFacts], None]] = []
         self.intake_limits = IntakeLimits(
             bare_newline=config.limits.bare_newline,
             eight_bit_header=config.limits.eight_bit_header,
@@ -133,7 +136,10 @@ class Pipeline:
 
     def open_session(self, client_ip: str, port: int = 0, *, tls: bool = False) -> Session:
         """A new SMTP session from `client_ip`; its connect-time checks (iprev) start now."""
-        return Session(self, ClientFacts(ip=client_ip, port=port, tls=tls))
+        facts = ClientFacts(ip=client_ip, port=port, tls=tls)
+        for observer in self.session_observers:
+            observer(facts)
+        return Session(self, facts)
 
 
 def new_queue_id() -> str:
@@ -201,6 +207,8 @@ class Session:
 
     def auth_failed(self, attempted: str | None) -> None:
         """A refused AUTH; `attempted` is the user name tried, when printable."""
+        for observer in self.pipeline.auth_failure_observers:
+            observer(self.facts)
         if attempted is None:
             return
         if self.facts.auth_identity is None:
@@ -223,6 +231,13 @@ class Session:
         )
         # This task's log lines (and its checks' and relay's) now carry the queue id.
         logcontext.set_queue_id(self.transaction.queue_id)
+        set_origin(
+            addr=self.facts.ip,
+            port=self.facts.port,
+            helo=self.facts.helo,
+            esmtp=self.facts.esmtp,
+            queue_id=self.transaction.queue_id,
+        )
         return SENDER_OK
 
     async def rcpt(self, recipient: str) -> RecipientOutcome:
@@ -264,7 +279,7 @@ class Session:
 
     def _publish(self, outcome: Outcome, level: int) -> None:
         """The outcome's one log line, then whoever subscribed (`Pipeline.observers`)."""
-        log.log(level, "%s", log_line(outcome))
+        log.log(level, "%s", log_line(outcome), extra={"outcome": outcome})
         for observer in self.pipeline.observers:
             observer(outcome)
 
@@ -395,6 +410,7 @@ class Transaction:
         forged: tuple[str, ...] = (),
         reason: str | None = None,
         relay: str = "",
+        relay_time: float = 0.0,
     ) -> TransactionOutcome:
         return TransactionOutcome(
             queue_id=self.queue_id,
@@ -409,6 +425,8 @@ class Transaction:
             forged=forged,
             reason=reason,
             relay=relay,
+            relay_time=relay_time,
+            check_times=self.checks.timings,
         )
 
     async def deliver(self, content: bytes) -> TransactionOutcome:
@@ -440,6 +458,7 @@ class Transaction:
         )
         prepend = [field.encode("utf-8"), received_field(trace)]
         rewritten = rewrite_header(content, prepend, self.pipeline.forgery_policy)
+        relay_started = time.monotonic()
         reply = await self._delivery.send(rewritten.message)
         return self._outcome(
             decided_at_relay(reply),
@@ -448,6 +467,7 @@ class Transaction:
             results=results,
             forged=tuple(rewritten.removed),
             relay=str(config.relay.downstream),
+            relay_time=time.monotonic() - relay_started,
         )
 
     async def close(self) -> None:

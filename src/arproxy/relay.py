@@ -10,6 +10,7 @@ message and retries: nothing is acknowledged that was not handed on.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import os
@@ -40,6 +41,46 @@ from arproxy.replies import (
 log = logging.getLogger("arproxy.relay")
 
 CLOSE_TIMEOUT = 5.0  # seconds for each RSET/QUIT when a transaction ends
+
+# The transaction's origin for XFORWARD (attribute -> value), set by the session at
+# MAIL in its own context, read by SmtpRelay when it opens the downstream transaction.
+_ORIGIN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "arproxy_xforward_origin", default=None
+)
+
+
+def set_origin(*, addr: str, port: int, helo: str | None, esmtp: bool, queue_id: str) -> None:
+    """What the downstream may log about this transaction's client (Postfix XFORWARD:
+    ADDR, PORT, HELO, PROTO, and IDENT = our queue id, so its log joins ours)."""
+    origin = {
+        "NAME": "[UNAVAILABLE]",  # we verify names in iprev, after this point
+        "ADDR": addr,
+        "PORT": str(port),
+        "PROTO": "ESMTP" if esmtp else "SMTP",
+        "IDENT": queue_id,
+        "SOURCE": "REMOTE",
+    }
+    if helo:
+        origin["HELO"] = helo
+    _ORIGIN.set(origin)
+
+
+def xforward_commands(offered: str, origin: dict[str, str] | None) -> list[str]:
+    """The XFORWARD argument strings for the attributes the downstream offered (its
+    EHLO `XFORWARD NAME ADDR ...` line), values in xtext (RFC 3461 section 4), one
+    attribute per command so no line nears the 512-octet limit of RFC 5321 4.5.3.1.4."""
+    if origin is None:
+        return []
+    allowed = {name.upper() for name in offered.split()}
+    return [f"{name}={xtext(value)}" for name, value in origin.items() if name in allowed]
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 section 4: "+", "=" and octets outside 33-126 as "+HH"."""
+    return "".join(
+        f"+{octet:02X}" if octet in (0x2B, 0x3D) or not 33 <= octet <= 126 else chr(octet)
+        for octet in value.encode("utf-8")
+    )
 
 
 class Delivery(Protocol):
@@ -144,6 +185,7 @@ class SmtpRelay:
         await client.connect(timeout=self.config.connect_timeout)
         await client.ehlo(hostname=self.helo_name)
         offered = frozenset(keyword.upper() for keyword in client.esmtp_extensions)
+        await _xforward(client, client.esmtp_extensions.get("xforward"))
         plan = extensions.plan_downstream(sender, recipient, mail_options, offered)
         if plan.refusal is not None:
             return plan, None
@@ -154,6 +196,18 @@ class SmtpRelay:
             envelope_sender, options=plan.options, encoding=_encoding(plan)
         )
         return plan, response
+
+
+async def _xforward(client: aiosmtplib.SMTP, offered: str | None) -> None:
+    """Tell a downstream that offers XFORWARD (Postfix, smtpd_authorized_xforward_hosts)
+    who the client was; a refusal only costs the downstream's log that detail."""
+    if offered is None:
+        return
+    for argument in xforward_commands(offered, _ORIGIN.get()):
+        response = await client.execute_command(b"XFORWARD", argument.encode("ascii"))
+        if response.code != 250:
+            log.info("downstream refused XFORWARD %s: %s", argument, response.code)
+            return
 
 
 def _encoding(plan: extensions.DownstreamPlan) -> str:

@@ -30,8 +30,8 @@ TLS context, users file    service (reloaded by each   per worker  read-only cop
 queue-id generator         pipeline.new_queue_id       per worker  80 random bits: unique
                            (secrets, no state)                     without coordination
 Maildir sequence           relay.MaildirRelay          per worker  the file name holds the pid
-metrics registry (future)  resources                   per worker  scraped per worker, summed
-                                                                   by the collector
+metrics                    metrics.Metrics (service)   per worker  each process writes its own;
+                                                                   multiprocess_dir sums them
 =========================  ==========================  ==========  ==============================
 
 The two shared rows live in memory the supervisor maps before forking (arproxy.shared);

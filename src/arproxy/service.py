@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass
 
+from arproxy import metrics, sdnotify
 from arproxy.admission import SessionRegistry
 from arproxy.config import Config, HostPort
 from arproxy.pipeline import Pipeline
@@ -126,6 +128,11 @@ async def serve(
         raise
     pipeline = Pipeline(config, resources=resources)
     pipeline.relay.prepare()
+    try:
+        endpoint = _start_metrics(config, pipeline)
+    except StartupError:
+        await resources.close()
+        raise
     handler = SessionHandler(pipeline, authenticator, tls)
     registry = SessionRegistry(share)
     servers = await _listen(config, handler, registry, config.server.listen, False, listeners)
@@ -139,9 +146,11 @@ async def serve(
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_security, config, handler)
     _log_start(config, authenticator, tls)
+    sdnotify.notify(f"READY=1\nSTATUS=listening on {config.server.listen}\nMAINPID={os.getpid()}")
     if ready is not None:
         ready.set()
     await stop.wait()
+    sdnotify.notify("STOPPING=1")
     log.info("shutting down: no new connections, draining %d open session(s)", len(registry.open))
     for server in servers:
         server.close()
@@ -156,7 +165,22 @@ async def serve(
     # by relay.CLOSE_TIMEOUT, and all by `end`); what still runs is cancelled.
     await pipeline.finish_background(timeout=max(0.0, end - loop.time()))
     await resources.close()
+    if endpoint is not None:
+        endpoint.close()
     log.info("stopped")
+
+
+def _start_metrics(config: Config, pipeline: Pipeline) -> metrics.Endpoint | None:
+    """The Prometheus endpoint on `metrics.listen` (arproxy.metrics), if configured."""
+    try:
+        endpoint = metrics.start(config.metrics, pipeline)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot serve metrics on {config.metrics.listen}: {exc.strerror or exc}"
+        ) from exc
+    if endpoint is not None:
+        log.info("metrics on http://%s/metrics", config.metrics.listen)
+    return endpoint
 
 
 async def _listen(

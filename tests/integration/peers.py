@@ -227,7 +227,9 @@ class PrivatePostfix:
     postfix package; its /etc/postfix/main.cf may be absent ("No configuration").
     """
 
-    def __init__(self, relayhost: str) -> None:
+    def __init__(self, relayhost: str, *, main_extra: str = "", master_extra: str = "") -> None:
+        """`main_extra` and `master_extra` are appended to main.cf and master.cf
+        (a listening smtpd, local delivery: the topology test's downstream)."""
         # The postfix user must reach the queue: not under pytest's private tmp_path.
         self.root = Path(tempfile.mkdtemp(prefix="arproxy-postfix-"))
         self.root.chmod(0o755)
@@ -238,7 +240,7 @@ class PrivatePostfix:
         data.mkdir()
         shutil.chown(data, "postfix")
         self.maillog = self.root / "maillog"
-        (self.conf / "master.cf").write_text(POSTFIX_MASTER_CF)
+        (self.conf / "master.cf").write_text(POSTFIX_MASTER_CF + master_extra)
         (self.conf / "main.cf").write_text(
             f"""\
 compatibility_level = 3.6
@@ -262,7 +264,7 @@ smtp_bind_address = 127.0.0.1
 smtp_tls_security_level = none
 maillog_file = {self.maillog}
 maillog_file_prefixes = {self.root}
-"""
+{main_extra}"""
         )
         self._postfix("check")
         self.running = False

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+import time
 from collections.abc import Sequence
 
 from arproxy.checks import auth, dkim, dmarc, iprev, spf
@@ -68,6 +69,15 @@ class _Running:
         self.check = check
         self.ctx = ctx
         self.task = asyncio.ensure_future(check.run(ctx, dns))
+        # Seconds from start to result (metrics: check latency per method); None
+        # while running or when cancelled.
+        self.elapsed: float | None = None
+        self._started = time.monotonic()
+        self.task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[tuple[MethodResult, ...]]) -> None:
+        if not task.cancelled():
+            self.elapsed = time.monotonic() - self._started
 
     def outcome(self, *, cancel_if_running: bool = True) -> tuple[MethodResult, ...]:
         if not self.task.done():
@@ -112,6 +122,8 @@ class SessionChecks:
         self._transaction_ctx: CheckContext | None = None
         self._session: dict[Stage, list[_Running]] = {}
         self._transaction: dict[Stage, list[_Running]] = {}
+        # (method, seconds) of each check that finished for the last message.
+        self.timings: tuple[tuple[str, float], ...] = ()
 
     @staticmethod
     def is_skipped(client_ip: str, config: ChecksConfig) -> bool:
@@ -148,6 +160,7 @@ class SessionChecks:
 
     def on_mail(self, sender: str) -> None:
         self.reset_transaction()
+        self.timings = ()
         self._transaction_ctx = dataclasses.replace(self.ctx, mail_from=sender)
         self._transaction[Stage.MAIL] = self._start(Stage.MAIL, self._transaction_ctx)
 
@@ -183,6 +196,11 @@ class SessionChecks:
             after = self._start(Stage.AFTER_CHECKS, final_ctx)
             await _wait(after, deadline - loop.time())
             results += [result for running in after for result in running.outcome()]
+            self.timings = tuple(
+                (running.check.method, running.elapsed)
+                for running in (*earlier, *data, *after)
+                if running.elapsed is not None
+            )
         finally:
             # Cancelled (the client went away mid-DATA) or done: nothing of this
             # message's checks may keep running unowned.

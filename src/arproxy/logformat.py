@@ -1,0 +1,64 @@
+"""Log output: the text form, or one JSON object per line (`log.format = "json"`).
+
+A transaction's summary line is logged with its typed outcome attached
+(`extra={"outcome": ...}`, by `pipeline.Session`); the JSON form writes that outcome's
+fields (`outcome.log_fields`) instead of re-parsing the text, so both forms carry the
+same facts. Every other line becomes {"time", "level", "logger", "message", "id"},
+`id` being the queue id of the transaction in progress (arproxy.logcontext).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Literal
+
+from arproxy import logcontext
+from arproxy.outcome import RecipientOutcome, TransactionOutcome, log_fields
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT_WITH_PID = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: JSON escapes every control character,
+    and non-ASCII is escaped too so that no reader splits a line at U+2028."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+        }
+        outcome = getattr(record, "outcome", None)
+        if isinstance(outcome, RecipientOutcome | TransactionOutcome):
+            entry["event"] = "transaction" if isinstance(outcome, TransactionOutcome) else "rcpt"
+            entry.update(log_fields(outcome))
+        else:
+            entry["message"] = record.getMessage()
+            queue_id = logcontext.current_queue_id()
+            if queue_id is not None:
+                entry["id"] = queue_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def setup(level: str, form: Literal["text", "json"] = "text", *, with_pid: bool = False) -> None:
+    """Log to standard error at `level` in `form`; text lines get the queue id prefix,
+    and with `with_pid` (several worker processes) the writing process's id."""
+    handler = logging.StreamHandler(sys.stderr)
+    if form == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT_WITH_PID if with_pid else TEXT_FORMAT))
+        # Lines logged while a transaction is in progress (the checks', the relay's)
+        # carry its queue id (arproxy.logcontext); JSON has its own `id` key.
+        logcontext.install([handler])
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
