@@ -464,7 +464,18 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     Checks keep client-controlled text that the formatter cannot write out of
     their results; should one slip through anyway, that result loses its
     properties rather than the message its field (and the log says so).
+
+    The whole field is formatted once; only if that fails is each result formatted on
+    its own to find the one to strip (each result starts its own line, so the field
+    formats exactly when every result alone does).
     """
+    whole = authres.AuthenticationResults(authserv_id, tuple(r.to_resinfo() for r in results))
+    if not utf8:
+        whole = authres.with_a_labels(whole)
+    try:
+        return authres.format_field(whole, allow_utf8=utf8)
+    except authres.FormatError:
+        pass  # find the result at fault, below
     resinfos = []
     for result in results:
         resinfo = result.to_resinfo()
