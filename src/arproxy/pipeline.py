@@ -261,7 +261,8 @@ class Session:
 
     def _publish(self, outcome: Outcome, level: int) -> None:
         """The outcome's one log line, then whoever subscribed (`Pipeline.observers`)."""
-        log.log(level, "%s", log_line(outcome))
+        if log.isEnabledFor(level):  # an accepted RCPT's line is debug: not built at info
+            log.log(level, "%s", log_line(outcome))
         for observer in self.pipeline.observers:
             observer(outcome)
 
