@@ -160,16 +160,10 @@ class Resolver:
         `name` is text, any characters, labels separated by dots. A name the DNS cannot
         carry is NXDOMAIN without a query; raise ValueError only for an unsupported type.
         """
-        if rtype not in SUPPORTED_TYPES:
-            raise ValueError(f"unsupported record type {rtype!r}")
-        key = (name.translate(_ASCII_LOWER).removesuffix("."), rtype)
-        if wire_labels(key[0]) is None:
-            return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
-        self.lookups += 1
-        cached = self._cache_get(key)
+        cached = self.cached(name, rtype)
         if cached is not None:
-            self.cache_hits += 1
             return cached
+        key = (name.translate(_ASCII_LOWER).removesuffix("."), rtype)
         # Concurrent checks often ask the same question (SPF and DMARC both want
         # the From domain's TXT): share one query instead of sending two. The query
         # is a task of its own, so a waiter that is cancelled (its client went
@@ -180,6 +174,24 @@ class Resolver:
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._query_done, key))
         return await asyncio.shield(task)
+
+    def cached(self, name: str, rtype: str) -> Lookup | None:
+        """What `lookup` would answer at once, without a query and without awaiting: the
+        cached answer, NXDOMAIN for a name the DNS cannot carry, or None (not cached).
+
+        Synchronous, for the loop thread only (SPF's cache-only evaluation). Raise
+        ValueError for an unsupported type, as `lookup` does.
+        """
+        if rtype not in SUPPORTED_TYPES:
+            raise ValueError(f"unsupported record type {rtype!r}")
+        key = (name.translate(_ASCII_LOWER).removesuffix("."), rtype)
+        if wire_labels(key[0]) is None:
+            return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
+        self.lookups += 1  # asked of our cache (metrics: the hit ratio)
+        found = self._cache_get(key)
+        if found is not None:
+            self.cache_hits += 1
+        return found
 
     def _query_done(self, key: tuple[str, str], task: asyncio.Future[Lookup]) -> None:
         del self._inflight[key]

@@ -153,11 +153,28 @@ def _item(message: bytes, start: int, stop: int, kind: _Start) -> Field | Stray:
 
 
 def normalize_newlines(content: bytes) -> bytes:
-    """Every bare CR and bare LF becomes CRLF: the lines ``read_header`` reads, all CRLF."""
+    """Every bare CR and bare LF becomes CRLF: the lines ``read_header`` reads, all CRLF.
+
+    ``content`` itself (no copy) when it has no bare CR or LF, the common case behind intake.
+    """
+    if only_crlf(content):
+        return content
     return _BARE_NEWLINE.sub(CRLF, content)
+
+
+def only_crlf(content: bytes) -> bool:
+    """Whether every CR and LF of ``content`` is part of a CRLF pair.
+
+    Three counts in C (no copy, no regex engine): every CRLF holds one CR and one LF, so
+    when there are as many CRs and as many LFs as CRLFs, no CR or LF stands alone.
+    """
+    pairs = content.count(CRLF)
+    return content.count(b"\r") == pairs and content.count(b"\n") == pairs
 
 
 def first_bare_newline(content: bytes) -> int | None:
     """The offset of the first bare CR or bare LF in ``content``, or None."""
+    if only_crlf(content):
+        return None
     found = _BARE_NEWLINE.search(content)
     return None if found is None else found.start()

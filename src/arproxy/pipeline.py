@@ -279,7 +279,8 @@ class Session:
 
     def _publish(self, outcome: Outcome, level: int) -> None:
         """The outcome's one log line, then whoever subscribed (`Pipeline.observers`)."""
-        log.log(level, "%s", log_line(outcome), extra={"outcome": outcome})
+        if log.isEnabledFor(level):  # an accepted RCPT's line is debug: not built at info
+            log.log(level, "%s", log_line(outcome), extra={"outcome": outcome})
         for observer in self.pipeline.observers:
             observer(outcome)
 
@@ -492,7 +493,18 @@ def format_results(authserv_id: str, results: Sequence[MethodResult], *, utf8: b
     Checks keep client-controlled text that the formatter cannot write out of
     their results; should one slip through anyway, that result loses its
     properties rather than the message its field (and the log says so).
+
+    The whole field is formatted once; only if that fails is each result formatted on
+    its own to find the one to strip (each result starts its own line, so the field
+    formats exactly when every result alone does).
     """
+    whole = authres.AuthenticationResults(authserv_id, tuple(r.to_resinfo() for r in results))
+    if not utf8:
+        whole = authres.with_a_labels(whole)
+    try:
+        return authres.format_field(whole, allow_utf8=utf8)
+    except authres.FormatError:
+        pass  # find the result at fault, below
     resinfos = []
     for result in results:
         resinfo = result.to_resinfo()
@@ -533,7 +545,11 @@ def relay_refusal(recipient: str, local_domains: Sequence[str]) -> Reply:
 
 def has_line_over(content: bytes, limit: int) -> bool:
     """Whether a line of `content` holds more than `limit` octets. A bare CR or LF
-    also ends a line here: the intake refuses it, or makes it CRLF (bare_newline)."""
+    also ends a line here: the intake refuses it, or makes it CRLF (bare_newline).
+
+    `bytes.splitlines` (in C, ~12 us for 11 KB): a regex scan for `limit` + 1 octets
+    without a line end was measured 200 times slower (it retries at every offset).
+    """
     return max(map(len, content.splitlines()), default=0) > limit  # CRLF, CR, LF
 
 

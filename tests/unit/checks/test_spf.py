@@ -773,3 +773,70 @@ def test_a_pass_by_all_alone_is_policy(dns_server: KnotServer, sender: str, valu
         text = format_field(AuthenticationResults("example.com", (result.to_resinfo(),)))
         assert "spf=policy" in text
         assert "(127.0.0.2 is authorized only by +all" in text
+
+
+class CountingPool(ThreadPoolExecutor):
+    """A thread pool that counts the work given to it."""
+
+    def __init__(self) -> None:
+        super().__init__(1, thread_name_prefix="arproxy-spf")
+        self.submitted = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+def test_warm_cache_evaluates_on_the_loop_thread_with_no_pool_work(
+    dns_server: KnotServer,
+) -> None:
+    """With every record cached, SPF needs no thread: the same result, no hop."""
+
+    async def go() -> tuple[SpfResult, SpfResult, int, int]:
+        resolver = new_resolver(dns_server.port)
+        pool = CountingPool()
+        ctx = CheckContext(client_ip=GOOD, helo="x.test", mail_from="alice@sender.test")
+        try:
+            (cold,) = await check_mailfrom(ctx, resolver, pool=pool)
+            after_cold = pool.submitted
+            sent = resolver.queries_sent
+            (warm,) = await check_mailfrom(ctx, resolver, pool=pool)
+            assert resolver.queries_sent == sent
+        finally:
+            pool.shutdown(wait=False)
+            await resolver.close()
+        return cold, warm, after_cold, pool.submitted - after_cold
+
+    cold, warm, cold_submits, warm_submits = asyncio.run(go())
+    assert cold.value is Value.PASS and warm == cold
+    assert (cold_submits, warm_submits) == (1, 0)
+
+
+def test_cache_only_evaluation_gives_up_at_the_first_uncached_lookup(
+    dns_server: KnotServer,
+) -> None:
+    """A cold cache: evaluate_cached answers None (no query sent), the pool does the work."""
+
+    async def go() -> tuple[object, int]:
+        resolver = new_resolver(dns_server.port)
+        request = SpfRequest(GOOD, "alice", "sender.test", "mail.sender.test")
+        try:
+            return spf_bridge.evaluate_cached(resolver, request, 20.0), resolver.queries_sent
+        finally:
+            await resolver.close()
+
+    assert asyncio.run(go()) == (None, 0)
+
+
+def test_a_miss_swallowed_by_pyspf_still_discards_the_cached_attempt() -> None:
+    """pyspf wraps the exp= lookup in a bare except (RFC 7208 section 6.2): the bridge
+    records the miss, so the attempt is dropped rather than answered without it."""
+
+    class Resolverish:
+        def cached(self, name: str, rtype: str) -> None:
+            return None
+
+    bridge = spf_bridge.CacheOnlyBridge(Resolverish())  # type: ignore[arg-type]
+    with pytest.raises(spf_bridge._CacheMiss):
+        bridge.lookup("exp.sender.test", "TXT", 1.0)
+    assert bridge.missed

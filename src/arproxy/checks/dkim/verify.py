@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from arproxy.checks.base import Check, CheckContext, Stage, Value
-from arproxy.checks.dkim.dkimpy import Verifier, verify_signature
+from arproxy.checks.dkim.dkimpy import Verifier, runs_inline, verify_signature
 from arproxy.checks.dkim.keys import key_for, key_name
 from arproxy.checks.dkim.types import DkimResult, Key, KeyQuery, Signature, Unverifiable
 from arproxy.dns import Resolver
@@ -62,8 +62,12 @@ async def check(
     if ctx.message is None:
         raise ValueError("the dkim check runs on a complete message")
     # Reading the header and normalising the body's line ends walk the whole message: off
-    # the loop too.
-    verifier = await asyncio.get_running_loop().run_in_executor(pool, Verifier, ctx.message, pool)
+    # the loop too, unless the message is small (dkimpy.INLINE_MAX_BYTES).
+    if runs_inline(ctx.message):
+        verifier = Verifier(ctx.message, pool)
+    else:
+        loop = asyncio.get_running_loop()
+        verifier = await loop.run_in_executor(pool, Verifier, ctx.message, pool)
     signatures = verifier.signatures()
     if not signatures:
         return (DkimResult(Value.NONE),)
@@ -80,7 +84,8 @@ async def check(
             query if isinstance(query, Unverifiable) else await verify_signature(verifier, sig, key)
         )
         result = _result(sig, prefix, outcome, key)
-        log.info(
+        # Debug: the message's one info line (outcome.log_line) carries every result.
+        log.debug(
             "dkim=%s d=%r s=%r b=%r: %s",
             result.value,
             result.domain,
