@@ -54,8 +54,6 @@ from arproxy.replies import DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, Reply
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from prometheus_client import CollectorRegistry
-
     from arproxy.dns import Resolver
     from arproxy.pipeline import Pipeline
 
@@ -255,12 +253,15 @@ class Endpoint:
         self.thread.join(timeout=5.0)
 
 
-def serve_endpoint(address: HostPort, metrics: Metrics, multiprocess: bool) -> Endpoint:
-    """Serve `metrics` (or, `multiprocess`, the sum of every process's files) on
+def serve_endpoint(address: HostPort, metrics: Metrics | None, multiprocess: bool) -> Endpoint:
+    """Serve `metrics` (or, `multiprocess`, the sum of every process's files: then
+    `metrics` may be None, as in the supervisor, which counts nothing itself) on
     `address`. Raises OSError when the address cannot be bound."""
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
-    registry: CollectorRegistry = metrics.registry
+    if metrics is None and not multiprocess:
+        raise ValueError("nothing to serve: no metrics and not multiprocess")
+    registry = metrics.registry if metrics is not None else CollectorRegistry()
     if multiprocess:
         from prometheus_client import multiprocess as mp  # noqa: PLC0415
 
@@ -268,6 +269,17 @@ def serve_endpoint(address: HostPort, metrics: Metrics, multiprocess: bool) -> E
         mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     server, thread = start_http_server(address.port, addr=address.host, registry=registry)
     return Endpoint(server, thread)
+
+
+def attach_worker(config: MetricsConfig, pipeline: Pipeline) -> Metrics | None:
+    """A supervised worker's metrics: counted into the multiprocess directory the
+    supervisor chose before forking (inherited in the environment and in
+    prometheus-client's value class), never served here; None without `listen`."""
+    if config.listen is None:
+        return None
+    metrics = Metrics()
+    metrics.attach(pipeline)
+    return metrics
 
 
 def start(config: MetricsConfig, pipeline: Pipeline) -> Endpoint | None:

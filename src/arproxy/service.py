@@ -109,8 +109,13 @@ async def serve(
     stop: asyncio.Event | None = None,
     listeners: Listeners | None = None,
     share: WorkerShare | None = None,
+    supervised: bool = False,
 ) -> None:
     """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain.
+
+    `supervised`: a worker of arproxy.supervisor, which serves `metrics.listen` and
+    talks to systemd itself: this process only counts its metrics into the
+    multiprocess directory and never notifies.
 
     One worker: on `listeners` when given (inherited from the supervisor), else on
     sockets of its own; with `share`, the per-client session counts and the AUTH
@@ -129,7 +134,7 @@ async def serve(
     pipeline = Pipeline(config, resources=resources)
     pipeline.relay.prepare()
     try:
-        endpoint = _start_metrics(config, pipeline)
+        endpoint = _start_metrics(config, pipeline, supervised)
     except StartupError:
         await resources.close()
         raise
@@ -146,11 +151,15 @@ async def serve(
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_security, config, handler)
     _log_start(config, authenticator, tls)
-    sdnotify.notify(f"READY=1\nSTATUS=listening on {config.server.listen}\nMAINPID={os.getpid()}")
+    if not supervised:
+        sdnotify.notify(
+            f"READY=1\nSTATUS=listening on {config.server.listen}\nMAINPID={os.getpid()}"
+        )
     if ready is not None:
         ready.set()
     await stop.wait()
-    sdnotify.notify("STOPPING=1")
+    if not supervised:
+        sdnotify.notify("STOPPING=1")
     log.info("shutting down: no new connections, draining %d open session(s)", len(registry.open))
     for server in servers:
         server.close()
@@ -170,8 +179,14 @@ async def serve(
     log.info("stopped")
 
 
-def _start_metrics(config: Config, pipeline: Pipeline) -> metrics.Endpoint | None:
-    """The Prometheus endpoint on `metrics.listen` (arproxy.metrics), if configured."""
+def _start_metrics(
+    config: Config, pipeline: Pipeline, supervised: bool
+) -> metrics.Endpoint | None:
+    """The Prometheus endpoint on `metrics.listen` (arproxy.metrics), if configured;
+    a supervised worker only counts (its supervisor serves the sum)."""
+    if supervised:
+        metrics.attach_worker(config.metrics, pipeline)
+        return None
     try:
         endpoint = metrics.start(config.metrics, pipeline)
     except OSError as exc:

@@ -20,6 +20,16 @@ With `server.workers > 1`, `arproxy serve` becomes this parent process. It
 6. after SIGTERM exits 0 when every worker exited 0, else 1; a worker still running
    `server.shutdown_grace` + KILL_AFTER_GRACE seconds after the signal is killed.
 
+Metrics and systemd (README, "Worker processes"): with `metrics.listen`, the supervisor
+puts prometheus-client in multiprocess mode before forking -- in `metrics.multiprocess_dir`,
+else $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory it creates and removes
+at exit --, empties it, and serves `metrics.listen` itself, summing the workers' files;
+a worker that exits is marked dead (`metrics.worker_exited`); workers count, never bind
+the port. The supervisor is the unit's MAINPID: it sends READY=1 once every worker has
+told it (a byte on the readiness pipe, then SIGUSR1 to wake it) that it is serving, and
+STOPPING=1 on SIGTERM/SIGINT; the workers run with NOTIFY_SOCKET unset, so they never
+notify.
+
 The signals are blocked in the parent and read synchronously (`sigtimedwait`), so
 none is lost between two checks; a worker inherits the blocked mask and unblocks it
 only once its event loop has its handlers, so an early SIGTERM is a drain, not a
@@ -34,21 +44,28 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 
+from arproxy import metrics, sdnotify
 from arproxy.config import Config, HostPort
 from arproxy.service import Listeners, StartupError, load_files, serve
 from arproxy.shared import SharedState, WorkerShare
 
 log = logging.getLogger("arproxy.supervisor")
 
-SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
+# SIGUSR1: a worker wrote to the readiness pipe (arproxy.supervisor.Readiness).
+SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
+)
 RESTART_FIRST_DELAY = 0.5  # seconds before restarting a worker that died
 RESTART_MAX_DELAY = 30.0
 STABLE_AFTER = 30.0  # a worker that ran this long had a good start: its delay resets
@@ -82,12 +99,101 @@ def run(config: Config) -> int:
     shared = SharedState(
         config.server.workers, config.limits.max_connections, config.auth.max_failures
     )
-    supervisor = Supervisor(config, listeners, shared)
+    try:
+        served = SupervisorMetrics.start(config)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s: %s", config.metrics.listen, exc.strerror or exc)
+        for sock in (*listeners.main, *listeners.implicit):
+            sock.close()
+        return EXIT_FAILED
+    supervisor = Supervisor(config, listeners, shared, served)
     try:
         return supervisor.run()
     finally:
         for sock in (*listeners.main, *listeners.implicit):
             sock.close()
+        served.close()
+
+
+@dataclass
+class SupervisorMetrics:
+    """The supervisor's side of `metrics.listen`: the multiprocess directory and the
+    endpoint summing it (nothing when `metrics.listen` is unset)."""
+
+    endpoint: metrics.Endpoint | None = None
+    directory: Path | None = None
+    private: bool = False  # a temporary directory of ours, removed by `close`
+
+    @classmethod
+    def start(cls, config: Config) -> SupervisorMetrics:
+        """Choose and empty the directory, then serve; before any worker is forked (the
+        mode and the directory reach the workers through the fork). OSError when the
+        address cannot be bound."""
+        if config.metrics.listen is None:
+            return cls()
+        directory = config.metrics.multiprocess_dir
+        private = directory is None and not os.environ.get(metrics.MULTIPROC_ENV)
+        if private:
+            directory = Path(tempfile.mkdtemp(prefix="arproxy-metrics-"))
+        chosen = metrics.use_multiprocess_dir(directory)
+        assert chosen is not None
+        metrics.clear_multiprocess_dir(chosen)
+        try:
+            endpoint = metrics.serve_endpoint(config.metrics.listen, None, multiprocess=True)
+        except OSError:
+            if private:
+                shutil.rmtree(chosen, ignore_errors=True)
+            raise
+        log.info("metrics on http://%s/metrics (sum of %s)", config.metrics.listen, chosen)
+        return cls(endpoint, chosen, private)
+
+    def in_child(self) -> None:
+        """In a forked worker: drop our copy of the endpoint's socket (the worker never
+        serves metrics; the thread serving it exists only in the supervisor)."""
+        if self.endpoint is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.endpoint.server.fileno())
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self.private and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Readiness:
+    """Workers tell the supervisor they serve: each writes its slot index (one byte)
+    to a pipe and wakes the supervisor with SIGUSR1 (signals of one kind coalesce, the
+    pipe keeps every report). READY=1 goes to systemd once every slot has reported."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.read_fd, False)
+        self.ready: set[int] = set()
+        self.notified = False
+
+    def report(self, index: int, parent: int) -> None:
+        """In a worker, once it accepts connections."""
+        os.write(self.write_fd, bytes([index % 256]))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(parent, signal.SIGUSR1)
+
+    def collect(self) -> set[int]:
+        """In the supervisor: the slots that reported since the last call."""
+        reported: set[int] = set()
+        while True:
+            try:
+                data = os.read(self.read_fd, 256)
+            except BlockingIOError:
+                return reported
+            if not data:
+                return reported
+            reported.update(data)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def bind_listeners(config: Config) -> Listeners:
@@ -144,6 +250,8 @@ class Supervisor:
     config: Config
     listeners: Listeners
     shared: SharedState
+    served: SupervisorMetrics = field(default_factory=SupervisorMetrics)
+    readiness: Readiness = field(default_factory=Readiness)
     slots: list[_Slot] = field(default_factory=list)
     stopping: bool = False
     failed: bool = False
@@ -151,6 +259,12 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic  # injected by the unit tests
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.readiness.close()
+
+    def _run(self) -> int:
         self.slots = [_Slot(index) for index in range(self.config.server.workers)]
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         log.info(
@@ -167,6 +281,7 @@ class Supervisor:
             if received is not None:
                 self._on_signal(received.si_signo)
             self._reap()
+            self._collect_readiness()
             running = [slot for slot in self.slots if slot.pid is not None]
             if self.stopping:
                 if not running:
@@ -180,6 +295,19 @@ class Supervisor:
             for slot in self.slots:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     self._start(slot)
+
+    def _collect_readiness(self) -> None:
+        reported = self.readiness.collect()
+        if self.stopping or self.readiness.notified:
+            return
+        self.readiness.ready |= {index for index in reported if index < len(self.slots)}
+        if len(self.readiness.ready) == len(self.slots):
+            self.readiness.notified = True
+            log.info("supervisor: all %d workers serving", len(self.slots))
+            sdnotify.notify(
+                f"READY=1\nSTATUS=listening on {self.config.server.listen} with "
+                f"{len(self.slots)} workers\nMAINPID={os.getpid()}"
+            )
 
     def _wait_time(self) -> float:
         now = self.clock()
@@ -196,6 +324,7 @@ class Supervisor:
                     signal.Signals(signum).name,
                     sum(1 for slot in self.slots if slot.pid is not None),
                 )
+                sdnotify.notify("STOPPING=1")
                 self._stop()
         elif signum == signal.SIGHUP and not self.stopping:
             log.info("supervisor: SIGHUP: every worker reloads its TLS pair and users file")
@@ -223,6 +352,7 @@ class Supervisor:
             if pid == 0:
                 return
             slot = next((slot for slot in self.slots if slot.pid == pid), None)
+            metrics.worker_exited(pid)  # its live gauges go; its counters still count
             if slot is not None:
                 slot.pid = None
                 self._exited(slot, pid, os.waitstatus_to_exitcode(status))
@@ -284,19 +414,34 @@ class Supervisor:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _worker_main(self.config, self.listeners, self.shared.for_worker(slot.index), parent)
+            self.served.in_child()
+            os.environ.pop(sdnotify.NOTIFY_ENV, None)  # only the MAINPID notifies systemd
+            os.close(self.readiness.read_fd)
+            _worker_main(
+                self.config,
+                self.listeners,
+                self.shared.for_worker(slot.index),
+                parent,
+                lambda: self.readiness.report(slot.index, parent),
+            )
         slot.pid = pid
         slot.started = self.clock()
         log.info("worker %d started: pid %d", slot.index, pid)
 
 
-def _worker_main(config: Config, listeners: Listeners, share: WorkerShare, parent: int) -> NoReturn:
+def _worker_main(
+    config: Config,
+    listeners: Listeners,
+    share: WorkerShare,
+    parent: int,
+    serving: Callable[[], None],
+) -> NoReturn:
     """The forked child: serve until told to stop, then leave without returning into
-    the parent's code (os._exit)."""
+    the parent's code (os._exit). `serving` tells the supervisor it accepts."""
     code = EXIT_FAILED
     try:
         _die_with_parent(parent)
-        asyncio.run(_serve_worker(config, listeners, share))
+        asyncio.run(_serve_worker(config, listeners, share, serving))
         code = EXIT_OK
     except StartupError as exc:
         log.error("worker cannot start: %s", exc)
@@ -309,12 +454,18 @@ def _worker_main(config: Config, listeners: Listeners, share: WorkerShare, paren
         os._exit(code)
 
 
-async def _serve_worker(config: Config, listeners: Listeners, share: WorkerShare) -> None:
+async def _serve_worker(
+    config: Config, listeners: Listeners, share: WorkerShare, tell: Callable[[], None]
+) -> None:
     ready = asyncio.Event()
-    serving = asyncio.create_task(serve(config, ready=ready, listeners=listeners, share=share))
+    serving = asyncio.create_task(
+        serve(config, ready=ready, listeners=listeners, share=share, supervised=True)
+    )
     readiness = asyncio.create_task(ready.wait())
     await asyncio.wait((serving, readiness), return_when=asyncio.FIRST_COMPLETED)
     readiness.cancel()
+    if ready.is_set():
+        tell()
     # The parent's mask was inherited: signals that arrived since the fork wait here
     # and are delivered now, to serve's handlers (drain, reload).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
