@@ -6,7 +6,8 @@ listener is full, when PROXY protocol is on and the peer is not a trusted proxy,
 when its client already has `limits.max_connections_per_ip` sessions in progress.
 `drain` closes idle sessions at once and busy ones when their transaction is over.
 The total is per worker; the per-client count is shared by the workers of one
-instance when `serve` is given their `shared.WorkerShare` (README, "State: per worker,
+instance when `serve` is given their `shared.WorkerShare`, and by every instance with
+`[state] redis_url` (`RemoteCounts`, arproxy.redisstate) (README, "State: per worker,
 shared").
 """
 
@@ -20,6 +21,7 @@ from typing import Protocol
 
 from arproxy.config import Config
 from arproxy.ratelimit import client_key
+from arproxy.redisstate import RateLimitedLog, StateUnavailable
 from arproxy.replies import (
     SHUTTING_DOWN,
     TOO_MANY_CONNECTIONS,
@@ -62,6 +64,16 @@ class ClientCounts(Protocol):
     def publish(self, client_ip: str, local: int) -> None: ...
 
 
+class RemoteCounts(Protocol):
+    """Sessions per client counted across instances (redisstate.RedisSessionCounts);
+    both methods may raise redisstate.StateUnavailable."""
+
+    async def reserve(self, client_ip: str, limit: int) -> str | None:
+        """A lease when one more session fits under `limit` (counted now), else None."""
+
+    async def release(self, lease: str) -> None: ...
+
+
 class _OpenSessions(set[Connection]):
     """The open sessions; a session leaving tells the shared count (its client's
     count in this worker is published again without it)."""
@@ -86,10 +98,43 @@ class SessionRegistry:
     eyes until its connection is gone (moments later): the error is on the safe side.
     """
 
-    def __init__(self, shared: ClientCounts | None = None) -> None:
-        self.shared = shared
-        self.open: set[Connection] = _OpenSessions(self._left) if shared else set()
+    def __init__(
+        self, shared: ClientCounts | None = None, remote: RemoteCounts | None = None
+    ) -> None:
+        self.shared = None if remote is not None else shared  # Redis counts every worker
+        self.remote = remote
+        self.open: set[Connection] = _OpenSessions(self._left) if self.shared else set()
         self.draining = False
+        self._down = RateLimitedLog()
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    async def reserve_remote(self, client_ip: str, config: Config) -> tuple[bool, str | None]:
+        """With `remote`: whether `client_ip` may open one more session across every
+        instance, and the lease that counts it. Redis down: admitted uncounted (fail
+        open), logged once per redisstate.LOG_EVERY seconds."""
+        assert self.remote is not None
+        try:
+            lease = await self.remote.reserve(client_ip, config.limits.max_connections_per_ip)
+        except StateUnavailable as exc:
+            self._down.warning("state: admitting connections uncounted: %s", exc)
+            return True, None
+        return lease is not None, lease
+
+    def release(self, lease: str | None) -> None:
+        """The session holding `lease` is over: stop counting it (in the background;
+        if Redis is down the lease expires by itself, redisstate.session_ttl)."""
+        if lease is None or self.remote is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._release(lease))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, lease: str) -> None:
+        assert self.remote is not None
+        try:
+            await self.remote.release(lease)
+        except StateUnavailable as exc:
+            self._down.warning("state: a session lease is left to expire: %s", exc)
 
     def _left(self, connection: Connection) -> None:
         assert self.shared is not None
@@ -114,6 +159,8 @@ class SessionRegistry:
     def client_is_full(self, client_ip: str, config: Config) -> bool:
         """Whether `client_ip` already has as many sessions as it may have. With
         several workers, a `False` counts the session about to start (shared.reserve)."""
+        if self.remote is not None:
+            return False  # counted in Redis before the session opens (reserve_remote)
         local = self.count_client(client_ip)
         limit = config.limits.max_connections_per_ip
         if self.shared is not None:
@@ -140,6 +187,8 @@ class SessionRegistry:
         deadline = loop.time() + timeout
         while self.open and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if self._releasing:  # the leases of the last sessions, so no count outlives us
+            await asyncio.wait(self._releasing, timeout=max(0.01, deadline - loop.time()))
 
     async def drain(self, grace: float) -> None:
         """Close idle sessions now, busy ones when done, the rest after `grace` seconds."""

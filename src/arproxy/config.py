@@ -168,6 +168,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """`[state]`: where the state shared across instances lives (arproxy.redisstate).
+
+    `redis_url` None: in-process (one worker) or shared memory (the workers of one
+    instance); else the AUTH failure limiter and per-client session counts are kept in
+    that Redis database for every instance pointing at it. `timeout`: seconds for one
+    Redis round trip (connect included) before the backend counts as down;
+    `session_ttl`: seconds a session's count lives without its worker's heartbeat
+    (a crashed instance's sessions stop counting after this)."""
+
+    redis_url: str | None = None
+    key_prefix: str = "arproxy:"
+    timeout: float = 0.5
+    session_ttl: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     server: ServerConfig
@@ -182,6 +199,7 @@ class Config:
     auth: AuthConfig
     log: LogConfig
     metrics: MetricsConfig = MetricsConfig()
+    state: StateConfig = StateConfig()
 
 
 # --- loading -----------------------------------------------------------------
@@ -228,6 +246,7 @@ def parse_config(text: str, source: str) -> Config:
             format=sections["log"].choice("format", "text", ("text", "json")),
         ),
         metrics=_metrics(sections["metrics"]),
+        state=_state(sections["state"]),
     )
     for table in sections.values():
         table.finish()
@@ -255,6 +274,7 @@ _SECTIONS = (
     "auth",
     "log",
     "metrics",
+    "state",
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -373,6 +393,23 @@ def _metrics(t: _Table) -> MetricsConfig:
     return MetricsConfig(
         listen=t.host_port("listen", "") if listen else None, multiprocess_dir=directory
     )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _state(t: _Table) -> StateConfig:
+    url = t.string("redis_url", None) or None
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in REDIS_SCHEMES or not (parts.netloc or parts.path):
+            raise t.error("redis_url", f"{url!r}: use redis://host:port/db, rediss:// or unix://")
+    prefix = t.string("key_prefix", "arproxy:")
+    if not prefix or any(ord(c) < 33 or ord(c) > 126 for c in prefix):
+        raise t.error("key_prefix", f"{prefix!r} must be printable ASCII without spaces")
+    timeout = t.number("timeout", 0.5, minimum=0.01)
+    ttl = t.number("session_ttl", 60.0, minimum=3.0)
+    return StateConfig(redis_url=url, key_prefix=prefix, timeout=timeout, session_ttl=ttl)
 
 
 def _tls(t: _Table) -> TlsConfig:

@@ -56,6 +56,20 @@ class FailureLimiter(Protocol):
     def record_success(self, ip: str) -> None: ...
 
 
+class AsyncFailureLimiter(Protocol):
+    """The same questions asked of a limiter across instances
+    (`arproxy.redisstate.RedisAuthLimiter`); each may raise
+    redisstate.StateUnavailable."""
+
+    async def blocked(self, ip: str) -> bool: ...
+
+    async def delay_for(self, ip: str) -> float: ...
+
+    async def record_failure(self, ip: str) -> Decision: ...
+
+    async def record_success(self, ip: str) -> None: ...
+
+
 def failure_delay(earlier_failures: int, base_delay: float, max_delay: float) -> float:
     """Seconds before answering a failure that follows `earlier_failures` in the window:
     base_delay * 2**earlier_failures, capped at max_delay."""

@@ -113,6 +113,8 @@ TLS_ALREADY_ACTIVE = Reply.of(554, "5.5.1", "Error: TLS already active")
 BAD_SENDER_SYNTAX = Reply.of(501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply.of(501, "5.1.3", "Bad recipient address syntax")
 TLS_FAILED = Reply.of(454, "4.7.0", "TLS handshake failed")
+# RFC 4954 section 6: the server cannot decide now (the shared limiter is unreachable).
+AUTH_TEMPORARY_FAILURE = Reply.of(454, "4.7.0", "Temporary authentication failure")
 LINE_TOO_LONG = Reply.of(500, "5.5.6", "Line too long")
 # aiosmtpd's words for the same refusal at the end of DATA, with RFC 3463's code.
 LINE_TOO_LONG_IN_DATA = Reply.of(500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)")

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 
 from arproxy.config import Config
 from arproxy.dns import Resolver
-from arproxy.ratelimit import AuthFailureLimiter, FailureLimiter
+from arproxy.ratelimit import AsyncFailureLimiter, AuthFailureLimiter, FailureLimiter
+from arproxy.redisstate import RedisState
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class WorkerResources:
     spf_pool: ThreadPoolExecutor
     dkim_pool: ThreadPoolExecutor
     hash_pool: ThreadPoolExecutor
-    auth_limiter: FailureLimiter
+    auth_limiter: FailureLimiter | AsyncFailureLimiter
+    state: RedisState | None = None  # `[state] redis_url`: the state shared across instances
 
     @classmethod
     def build(
@@ -77,15 +79,25 @@ class WorkerResources:
 
         `resolver` replaces the one `config.dns` describes (tests, `arproxy check
         --nameserver`); `auth_limiter` the in-process one (the limiter the workers of
-        one instance share, arproxy.shared). Raises RuntimeError outside a running loop.
+        one instance share, arproxy.shared). With `state.redis_url`, the Redis client
+        (arproxy.redisstate; it connects on first use) and its limiter replace both.
+        Raises RuntimeError outside a running loop.
         """
         asyncio.get_running_loop()  # the resolver is bound to the loop that builds it
+        state = None
+        if config.state.redis_url is not None:
+            state = RedisState.build(config.state, config.auth.max_failures)
         return cls(
             resolver=resolver or Resolver.from_config(config.dns),
             spf_pool=ThreadPoolExecutor(config.checks.spf_threads, "arproxy-spf"),
             dkim_pool=ThreadPoolExecutor(config.checks.dkim_threads, "arproxy-dkim"),
             hash_pool=ThreadPoolExecutor(config.auth.hash_threads, "arproxy-argon2"),
-            auth_limiter=auth_limiter or AuthFailureLimiter(max_failures=config.auth.max_failures),
+            auth_limiter=(
+                state.auth_limiter()
+                if state is not None
+                else auth_limiter or AuthFailureLimiter(max_failures=config.auth.max_failures)
+            ),
+            state=state,
         )
 
     async def close(self) -> None:
@@ -98,3 +110,5 @@ class WorkerResources:
         for pool in (self.spf_pool, self.dkim_pool, self.hash_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         await self.resolver.close()
+        if self.state is not None:
+            await self.state.close()

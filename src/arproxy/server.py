@@ -78,6 +78,9 @@ class ArproxySMTP(SMTPAdapter):
         self.config = handler.config
         self.registry = registry
         self._refused = False
+        self._opened = False  # aiosmtpd has the connection (after admission)
+        self._admitting: asyncio.Task[None] | None = None
+        self._lease: str | None = None  # this session's count in Redis (redisstate)
         # RFC 5321 section 2.3.8: command lines end in CRLF; "normalize" tolerates LF.
         self.reject_bare_newline = handler.config.limits.bare_newline == "reject"
         self.quitting = False  # answered 221: over for the client
@@ -132,15 +135,36 @@ class ArproxySMTP(SMTPAdapter):
         peer_ip = str(peer[0]) if isinstance(peer, tuple) else "0.0.0.0"
         refusal = self.registry.refusal_for(peer_ip, self.config)
         if refusal is not None:
-            # Refused before aiosmtpd sees the connection: no session, no banner.
-            self._refused = True
-            log.warning(
-                "connect from %s refused: %s", peer_ip, refusal if refusal.code else refusal.text
-            )
-            if isinstance(transport, asyncio.WriteTransport) and refusal.code != 0:
-                transport.write(str(refusal).encode("ascii") + b"\r\n")
-            transport.close()
+            self._refuse(transport, peer_ip, refusal)
             return
+        if self.registry.remote is not None and not self.config.server.proxy_protocol:
+            # The count across instances is a Redis round trip: the banner waits for it.
+            self._admitting = self.loop.create_task(self._admit_remote(transport, peer_ip))
+            return
+        self._open(transport, peer_ip)
+
+    def _refuse(self, transport: asyncio.BaseTransport, peer_ip: str, refusal: Reply) -> None:
+        """Refused before aiosmtpd sees the connection: no session, no banner."""
+        self._refused = True
+        log.warning(
+            "connect from %s refused: %s", peer_ip, refusal if refusal.code else refusal.text
+        )
+        if isinstance(transport, asyncio.WriteTransport) and refusal.code != 0:
+            transport.write(str(refusal).encode("ascii") + b"\r\n")
+        transport.close()
+
+    async def _admit_remote(self, transport: asyncio.BaseTransport, peer_ip: str) -> None:
+        admit, self._lease = await self.registry.reserve_remote(peer_ip, self.config)
+        if transport.is_closing():  # the client left while we asked
+            self.registry.release(self._lease)
+            self._lease = None
+        elif not admit:
+            self._refuse(transport, peer_ip, TOO_MANY_FROM_CLIENT)
+        else:
+            self._open(transport, peer_ip)
+
+    def _open(self, transport: asyncio.BaseTransport, peer_ip: str) -> None:
+        self._opened = True
         super().connection_made(transport)
         self.registry.open.add(self)
         task = self.session_task
@@ -161,6 +185,17 @@ class ArproxySMTP(SMTPAdapter):
         after.state = before.state
         if after.state is not None:
             after.state.starttls()
+
+    async def admit_proxied_client(self, client_ip: str) -> bool:
+        """admit_client for the address a PROXY header gave, counting it across
+        instances first when the counts are in Redis."""
+        if self.registry.remote is not None:
+            admit, self._lease = await self.registry.reserve_remote(client_ip, self.config)
+            if not admit:
+                log.warning("client %s over max_connections_per_ip: closing", client_ip)
+                self.close_with(TOO_MANY_FROM_CLIENT, logged=True)
+                return False
+        return self.admit_client(client_ip)
 
     def admit_client(self, client_ip: str) -> bool:
         """The client's address is known (PROXY header or socket): open its session."""
@@ -183,6 +218,10 @@ class ArproxySMTP(SMTPAdapter):
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return  # never reached aiosmtpd, nothing to clean up
+        if not self._opened:  # left while admission asked Redis: _admit_remote
+            return  # sees the closed transport and gives the lease back
+        self.registry.release(self._lease)
+        self._lease = None
         self.registry.open.discard(self)
         state = self.state
         client = self.client_text
@@ -421,7 +460,8 @@ class SessionHandler:
             # PROXY v2 LOCAL (the balancer's own health check) or UNKNOWN: the
             # connection is the proxy's own; it is served as coming from the proxy.
             peer = session.peer
-            return server.admit_client(str(peer[0]) if isinstance(peer, tuple) else "0.0.0.0")
+            peer_ip = str(peer[0]) if isinstance(peer, tuple) else "0.0.0.0"
+            return await server.admit_proxied_client(peer_ip)
         try:
             client_ip = str(ipaddress.ip_address(source))
         except ValueError:
@@ -429,7 +469,7 @@ class SessionHandler:
                 "PROXY header from %s with unusable source %r: closing", server.peer_text, source
             )
             return False
-        return server.admit_client(client_ip)
+        return await server.admit_proxied_client(client_ip)
 
     async def handle_AUTH(
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, args: list[str]

@@ -139,7 +139,8 @@ async def serve(
         await resources.close()
         raise
     handler = SessionHandler(pipeline, authenticator, tls)
-    registry = SessionRegistry(share)
+    remote = resources.state.session_counts() if resources.state is not None else None
+    registry = SessionRegistry(share, remote)
     servers = await _listen(config, handler, registry, config.server.listen, False, listeners)
     if config.tls.implicit_listen is not None:
         servers += await _listen(
