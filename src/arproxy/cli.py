@@ -182,14 +182,15 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Several workers: each line names the process that wrote it.
     setup_logging(config.log.level, config.log.format, with_pid=config.server.workers > 1)
+    path = Path(args.config) if args.config else None  # what SIGHUP rereads
     if config.server.workers > 1:
         from arproxy.supervisor import run  # noqa: PLC0415  # check-config does not need it
 
-        return run(config)
+        return run(config, path)
     from arproxy.service import StartupError, serve  # noqa: PLC0415  # check-config needs neither
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, config_path=path))
     except StartupError as exc:
         logging.getLogger("arproxy").error("cannot start: %s", exc)
         return EXIT_CONFIG

@@ -15,7 +15,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -200,6 +200,54 @@ class Config:
     log: LogConfig
     metrics: MetricsConfig = MetricsConfig()
     state: StateConfig = StateConfig()
+
+
+# --- reloading (SIGHUP) ------------------------------------------------------
+
+# What a SIGHUP cannot change: each is bound at start (sockets, processes, pools, the
+# resolver, shared tables sized by it, the metrics endpoint, the Redis client, the log
+# handler) or decides what exists at all (a users file, a TLS pair). A section name
+# stands for all of its keys. README, "Reload and stop", lists them.
+RESTART_KEYS = (
+    "server.listen",
+    "server.workers",
+    "server.proxy_protocol",
+    "tls.implicit_listen",
+    "tls.cert",
+    "tls.key",
+    "tls.self_signed_if_missing",
+    "auth.users_file",
+    "auth.max_failures",
+    "auth.hash_threads",
+    "checks.spf_threads",
+    "checks.dkim_threads",
+    "limits.max_connections",
+    "log.format",
+    "dns",
+    "metrics",
+    "state",
+)
+
+
+def for_reload(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """What a reload applies: `new` with the old value of every RESTART_KEYS entry
+    that differs, and the list of those entries (the keys that need a restart)."""
+    effective = new
+    changed: list[str] = []
+    for key in RESTART_KEYS:
+        section, _, name = key.partition(".")
+        before, after = getattr(old, section), getattr(effective, section)
+        if name:
+            if getattr(before, name) == getattr(after, name):
+                continue
+            kept = replace(after, **{name: getattr(before, name)})
+        elif before == after:
+            continue
+        else:
+            kept = before
+        changed.append(key)
+        effective = replace(effective, **{section: kept})
+    return effective, changed
 
 
 # --- loading -----------------------------------------------------------------

@@ -490,7 +490,7 @@ class SessionHandler:
         if refusal is not None:
             return [refusal]
         extra = ["250-ENHANCEDSTATUSCODES", "250-PIPELINING"]
-        capability = authserv_capability(self.config, authenticated=bool(session.authenticated))
+        capability = authserv_capability(server.config, authenticated=bool(session.authenticated))
         if capability is not None:
             extra.append(f"250-{capability}")
         if self.authenticator is None or session.authenticated:
@@ -504,7 +504,7 @@ class SessionHandler:
         self, server: ArproxySMTP, session: ArproxySession, envelope: Envelope, hostname: str
     ) -> str:
         refusal = await self._greet(server, session, hostname, esmtp=False)
-        return refusal or str(greeting_ok(self.config.server.hostname))
+        return refusal or str(greeting_ok(server.config.server.hostname))
 
     async def _greet(
         self, server: ArproxySMTP, session: ArproxySession, hostname: str, *, esmtp: bool
@@ -584,7 +584,7 @@ class SessionHandler:
         if session.state is not None:
             await session.state.reset()
         server.quitting = True
-        return str(closing(self.config.server.hostname))
+        return str(closing(server.config.server.hostname))
 
     async def handle_exception(self, error: Exception) -> str:
         if _is_line_overflow(error):
@@ -617,11 +617,12 @@ def _state(session: ArproxySession) -> PipelineSession:
 
 
 def make_protocol_factory(
-    config: Config, handler: SessionHandler, registry: SessionRegistry, *, implicit_tls: bool
+    handler: SessionHandler, registry: SessionRegistry, *, implicit_tls: bool
 ) -> Any:
     def factory() -> ArproxySMTP:
-        # A new connection gets the current TLS context: a SIGHUP reload takes
-        # effect for the next client without disturbing open sessions.
+        # A new connection gets the current configuration and TLS context: a SIGHUP
+        # reload takes effect for the next client without disturbing open sessions.
+        config = handler.config
         starttls = handler.tls.current if handler.tls is not None and not implicit_tls else None
         return ArproxySMTP(
             handler,

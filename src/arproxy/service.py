@@ -3,7 +3,8 @@
 `serve` builds one worker's resources (arproxy.resources), pipeline and security
 objects inside its event loop,
 opens the listeners (plain with STARTTLS, and optionally implicit TLS), reloads the
-certificate and users file on SIGHUP, and on SIGTERM stops accepting and drains.
+configuration file, certificate and users file on SIGHUP (`Reloader`), and on SIGTERM
+stops accepting and drains.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from arproxy import metrics, sdnotify
 from arproxy.admission import SessionRegistry
-from arproxy.config import Config, HostPort
+from arproxy.config import Config, ConfigError, HostPort, for_reload, load_config
 from arproxy.pipeline import Pipeline
 from arproxy.resources import WorkerResources
 from arproxy.server import SessionHandler, make_protocol_factory
@@ -92,6 +94,68 @@ def reload_security(config: Config, handler: SessionHandler) -> None:
             log.error("reload: keeping the old users: %s", exc)
 
 
+def reload_log_level(config: Config) -> None:
+    """`log.level` for every line from now on (aiosmtpd's own stay at errors, cli)."""
+    logging.getLogger().setLevel(getattr(logging, config.log.level.upper()))
+    logging.getLogger("mail.log").setLevel(max(logging.ERROR, logging.root.level))
+
+
+def reconfigured(pipeline: Pipeline, config: Config) -> Pipeline:
+    """A pipeline for new sessions under `config`, on the same worker resources; open
+    sessions keep theirs. The relay is kept unless `[relay]` or the HELO name changed
+    (new transactions then go to the new downstream). Observers (metrics) and the
+    background clean-up set are shared, so the drain still waits for every session's."""
+    same_relay = (
+        config.relay == pipeline.config.relay
+        and config.server.hostname == pipeline.config.server.hostname
+    )
+    fresh = Pipeline(
+        config, pipeline.relay if same_relay else None, resources=pipeline.resources
+    )
+    if not same_relay:
+        fresh.relay.prepare()
+    fresh.observers = pipeline.observers
+    fresh.session_observers = pipeline.session_observers
+    fresh.auth_failure_observers = pipeline.auth_failure_observers
+    fresh._background = pipeline._background  # one set: finish_background sees all
+    return fresh
+
+
+@dataclass
+class Reloader:
+    """SIGHUP: reread `path` (the --config file; None: the embedded default, which
+    cannot change) and apply it to new sessions, then reload the TLS pair and users.
+
+    An invalid file is one error line and nothing changes (the TLS pair and users
+    are not reloaded either). Keys that cannot change without a restart
+    (config.RESTART_KEYS) keep their old values, named in one warning line -- by the
+    supervisor for its workers (`supervised`), which already checked the file.
+    """
+
+    path: Path | None
+    handler: SessionHandler
+    supervised: bool = False
+
+    def __call__(self) -> None:
+        handler = self.handler
+        if self.path is not None:
+            try:
+                new = load_config(self.path)
+            except ConfigError as exc:
+                log.error("reload: keeping the old configuration: %s", exc)
+                return
+            config, restart = for_reload(handler.config, new)
+            if restart and not self.supervised:
+                log.warning(
+                    "reload: %s need(s) a restart; keeping the old value(s)", ", ".join(restart)
+                )
+            handler.pipeline = reconfigured(handler.pipeline, config)
+            handler.config = config
+            reload_log_level(config)
+            log.info("reload: configuration %s loaded for new sessions", self.path)
+        reload_security(handler.config, handler)
+
+
 @dataclass(frozen=True)
 class Listeners:
     """Sockets bound and listening before the workers were forked (arproxy.supervisor):
@@ -110,12 +174,14 @@ async def serve(
     listeners: Listeners | None = None,
     share: WorkerShare | None = None,
     supervised: bool = False,
+    config_path: Path | None = None,
 ) -> None:
     """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain.
 
     `supervised`: a worker of arproxy.supervisor, which serves `metrics.listen` and
     talks to systemd itself: this process only counts its metrics into the
-    multiprocess directory and never notifies.
+    multiprocess directory and never notifies. `config_path`: the file SIGHUP
+    rereads (`Reloader`; None: only the TLS pair and users file are reloaded).
 
     One worker: on `listeners` when given (inherited from the supervisor), else on
     sockets of its own; with `share`, the per-client session counts and the AUTH
@@ -150,7 +216,7 @@ async def serve(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_security, config, handler)
+        loop.add_signal_handler(signal.SIGHUP, Reloader(config_path, handler, supervised))
     _log_start(config, authenticator, tls)
     if not supervised:
         sdnotify.notify(
@@ -208,7 +274,7 @@ async def _listen(
     inherited: Listeners | None,
 ) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
-    factory = make_protocol_factory(config, handler, registry, implicit_tls=implicit)
+    factory = make_protocol_factory(handler, registry, implicit_tls=implicit)
     if implicit:
         assert handler.tls is not None
         ssl_context = handler.tls.front_context()

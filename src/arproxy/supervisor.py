@@ -11,8 +11,11 @@ With `server.workers > 1`, `arproxy serve` becomes this parent process. It
    port race between workers, no kernel hashing that pins a client to a busy
    worker, and a restarted worker takes over the same sockets);
 4. forwards SIGTERM and SIGINT (each worker drains, as `arproxy serve` does with one
-   worker) and SIGHUP (each worker reloads its TLS pair and users file) to every
-   worker;
+   worker) and SIGHUP to every worker; on SIGHUP it first rereads the configuration
+   file itself: an invalid one is one error line and no worker is signalled; a valid
+   one becomes the configuration of workers started from then on (with the old value
+   of each key that needs a restart, named in one warning line), and each worker
+   rereads it for its new sessions, TLS pair and users file (service.Reloader);
 5. restarts a worker that died while not asked to stop, after a delay that doubles
    with each quick failure of that worker (RESTART_FIRST_DELAY up to
    RESTART_MAX_DELAY), and gives up -- stops the others, exit 1 -- after
@@ -56,7 +59,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from arproxy import metrics, sdnotify
-from arproxy.config import Config, HostPort
+from arproxy.config import Config, ConfigError, HostPort, for_reload, load_config
 from arproxy.service import Listeners, StartupError, load_files, serve
 from arproxy.shared import SharedState, WorkerShare
 
@@ -79,12 +82,13 @@ EXIT_CONFIG = 2
 _PR_SET_PDEATHSIG = 1
 
 
-def run(config: Config) -> int:
+def run(config: Config, config_path: Path | None = None) -> int:
     """Serve with `config.server.workers` processes until SIGTERM/SIGINT; the exit code.
 
     0: stopped on request and every worker drained; 1: cannot listen, a worker had
     to be killed or exited non-zero, or workers kept failing; 2: a file named by the
-    configuration is unusable (nothing was forked).
+    configuration is unusable (nothing was forked). `config_path`: the file SIGHUP
+    rereads (None: the embedded default, which cannot change).
     """
     try:
         load_files(config)
@@ -106,7 +110,7 @@ def run(config: Config) -> int:
         for sock in (*listeners.main, *listeners.implicit):
             sock.close()
         return EXIT_FAILED
-    supervisor = Supervisor(config, listeners, shared, served)
+    supervisor = Supervisor(config, listeners, shared, served, config_path=config_path)
     try:
         return supervisor.run()
     finally:
@@ -253,6 +257,7 @@ class Supervisor:
     served: SupervisorMetrics = field(default_factory=SupervisorMetrics)
     readiness: Readiness = field(default_factory=Readiness)
     slots: list[_Slot] = field(default_factory=list)
+    config_path: Path | None = None
     stopping: bool = False
     failed: bool = False
     kill_at: float = 0.0
@@ -326,9 +331,26 @@ class Supervisor:
                 )
                 sdnotify.notify("STOPPING=1")
                 self._stop()
-        elif signum == signal.SIGHUP and not self.stopping:
-            log.info("supervisor: SIGHUP: every worker reloads its TLS pair and users file")
+        elif signum == signal.SIGHUP and not self.stopping and self._reload():
+            log.info("supervisor: SIGHUP: every worker reloads")
             self._forward(signal.SIGHUP)
+
+    def _reload(self) -> bool:
+        """Check the configuration file before any worker rereads it; False: invalid,
+        logged, nothing changes."""
+        if self.config_path is None:
+            return True  # the embedded default: only the TLS pair and users reload
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("supervisor: SIGHUP: keeping the old configuration: %s", exc)
+            return False
+        self.config, restart = for_reload(self.config, new)
+        if restart:
+            log.warning(
+                "reload: %s need(s) a restart; keeping the old value(s)", ", ".join(restart)
+            )
+        return True
 
     def _stop(self) -> None:
         self.stopping = True
@@ -423,6 +445,7 @@ class Supervisor:
                 self.shared.for_worker(slot.index),
                 parent,
                 lambda: self.readiness.report(slot.index, parent),
+                self.config_path,
             )
         slot.pid = pid
         slot.started = self.clock()
@@ -435,13 +458,14 @@ def _worker_main(
     share: WorkerShare,
     parent: int,
     serving: Callable[[], None],
+    config_path: Path | None = None,
 ) -> NoReturn:
     """The forked child: serve until told to stop, then leave without returning into
     the parent's code (os._exit). `serving` tells the supervisor it accepts."""
     code = EXIT_FAILED
     try:
         _die_with_parent(parent)
-        asyncio.run(_serve_worker(config, listeners, share, serving))
+        asyncio.run(_serve_worker(config, listeners, share, serving, config_path))
         code = EXIT_OK
     except StartupError as exc:
         log.error("worker cannot start: %s", exc)
@@ -455,11 +479,22 @@ def _worker_main(
 
 
 async def _serve_worker(
-    config: Config, listeners: Listeners, share: WorkerShare, tell: Callable[[], None]
+    config: Config,
+    listeners: Listeners,
+    share: WorkerShare,
+    tell: Callable[[], None],
+    config_path: Path | None,
 ) -> None:
     ready = asyncio.Event()
     serving = asyncio.create_task(
-        serve(config, ready=ready, listeners=listeners, share=share, supervised=True)
+        serve(
+            config,
+            ready=ready,
+            listeners=listeners,
+            share=share,
+            supervised=True,
+            config_path=config_path,
+        )
     )
     readiness = asyncio.create_task(ready.wait())
     await asyncio.wait((serving, readiness), return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,115 @@
+"""SIGHUP reloads the whole configuration file for new sessions, with one worker and
+with two; open sessions keep the configuration they started with; an invalid file
+changes nothing and is one log line; keys that need a restart keep their old value
+and are named in one line."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+
+import pytest
+
+from .conftest import MakeArproxy
+from .peers import Arproxy, SmtpSink, free_port
+from .test_checks_e2e import message_from
+from .test_workers import WORKERS, pids_of, started_workers, wait_for
+
+OLD_DOMAINS = 'local = ["example.com", "example.net"]'
+NEW_DOMAINS = 'local = ["example.com", "new.example"]'
+LOADED = "reload: configuration "
+FORGERY = message_from("CEO <ceo@sender.test>")  # dmarc=fail p=reject from 127.0.0.3
+
+
+def forger(port: int) -> smtplib.SMTP:
+    """A session from 127.0.0.3 (iprev and SPF fail, DMARC fail for sender.test)."""
+    client = smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=("127.0.0.3", 0))
+    client.ehlo("liar.iprev.test")
+    client.mail("ceo@sender.test")
+    return client
+
+
+def rewrite(proxy: Arproxy, text: str) -> None:
+    proxy.config_path.write_text(text)
+    proxy.process.send_signal(signal.SIGHUP)
+
+
+def new_values(proxy: Arproxy) -> str:
+    """The file with new local domains and [policy] reject_dmarc switched on."""
+    text = proxy.config_path.read_text()
+    assert OLD_DOMAINS in text and "[policy]" not in text
+    return text.replace(OLD_DOMAINS, NEW_DOMAINS) + "\n[policy]\nreject_dmarc = true\n"
+
+
+def check_new_session(port: int) -> None:
+    """domains.local and the policy switch of the new file (RFC 5321 section 3.6.2:
+    no relaying for foreign domains, 550 5.7.1; RFC 7489 section 6.7 + RFC 7372)."""
+    with forger(port) as client:
+        code, text = client.rcpt("bob@example.net")
+        assert (code, text[:6]) == (550, b"5.7.1 "), (code, text)
+        assert client.rcpt("bob@new.example")[0] == 250
+        code, text = client.data(FORGERY)
+        assert (code, text[:11]) == (550, b"5.7.1 DMARC"), (code, text)
+
+
+@pytest.mark.parametrize("server", ["", WORKERS], ids=["one-process", "two-workers"])
+def test_sighup_applies_the_new_file_to_new_sessions_only(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, server: str
+) -> None:
+    proxy = make_arproxy(smtp_sink.url, server=server)
+    workers = set(started_workers(proxy.log).values())
+    held = forger(proxy.port)  # opened under the old file
+    assert held.rcpt("bob@example.net")[0] == 250
+    rewrite(proxy, new_values(proxy))
+    if workers:
+        wait_for(lambda: set(pids_of(LOADED, proxy.log)) == workers, "both workers reload")
+    else:
+        wait_for(lambda: LOADED in proxy.log, "the reload")
+    # The open session keeps its configuration: old domains, no DMARC rejection.
+    assert held.rcpt("bob@example.com")[0] == 250
+    code, text = held.data(FORGERY)
+    assert code == 250, text
+    held.quit()
+    assert len(smtp_sink.messages()) == 1
+    check_new_session(proxy.port)
+    sessions = 1
+    while workers and set(pids_of(r".*reject by policy \(dmarc", proxy.log)) != workers:
+        assert sessions < 200, "one worker never took a session"
+        check_new_session(proxy.port)
+        sessions += 1
+    assert len(smtp_sink.messages()) == 1
+    assert "need(s) a restart" not in proxy.log
+
+
+@pytest.mark.parametrize("server", ["", WORKERS], ids=["one-process", "two-workers"])
+def test_an_invalid_file_changes_nothing_and_is_one_line(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, server: str
+) -> None:
+    proxy = make_arproxy(smtp_sink.url, server=server)
+    good = proxy.config_path.read_text()
+    rewrite(proxy, new_values(proxy).replace("reject_dmarc = true", "reject_dmarc = 'yes'"))
+    wait_for(lambda: "keeping the old configuration" in proxy.log, "the refusal")
+    with forger(proxy.port) as client:  # the old values, unchanged
+        assert client.rcpt("bob@example.net")[0] == 250
+        assert client.data(FORGERY)[0] == 250
+    proxy.config_path.write_text(good)
+    log = proxy.log
+    refusals = [line for line in log.splitlines() if "keeping the old configuration" in line]
+    assert len(refusals) == 1, refusals
+    assert "reject_dmarc" in refusals[0]
+    assert LOADED not in log and "reload: users file" not in log
+
+
+def test_keys_that_need_a_restart_are_named_and_kept(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    proxy = make_arproxy(smtp_sink.url, server=WORKERS)
+    text = new_values(proxy).replace(f"127.0.0.1:{proxy.port}", f"127.0.0.1:{free_port()}")
+    rewrite(proxy, text.replace("workers = 2", "workers = 3"))
+    workers = set(started_workers(proxy.log).values())
+    wait_for(lambda: set(pids_of(LOADED, proxy.log)) == workers, "both workers reload")
+    lines = [line for line in proxy.log.splitlines() if "need(s) a restart" in line]
+    assert len(lines) == 1, lines  # the supervisor's, for every worker
+    assert "server.listen, server.workers need(s) a restart" in lines[0]
+    check_new_session(proxy.port)  # still on the old port, with the new domains
+    assert len(started_workers(proxy.log)) == 2
