@@ -35,7 +35,8 @@ metrics                    metrics.Metrics (service)   per worker  each process 
 =========================  ==========================  ==========  ==============================
 
 The two shared rows live in memory the supervisor maps before forking (arproxy.shared);
-across instances they are not shared until issue 10 moves them to Redis.
+with `[state] redis_url` they live in Redis instead, shared by every instance
+(arproxy.redisstate, `state` below).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ with a key made at start (`os.urandom`), so no client can choose to collide with
 another. A full bucket gives up its least useful slot (no sessions, or the oldest
 failures): as with the in-process limiter's `max_tracked`, a client with very many
 addresses can make the limiter forget some failures, never count one twice. Across
-instances (M machines) the tables are not shared: see README, "State: per worker,
-shared".
+instances (M machines) these tables are not shared: `[state] redis_url` replaces them
+with Redis (arproxy.redisstate; README, "State: per worker, shared").
 """
 
 from __future__ import annotations
