@@ -109,9 +109,7 @@ def reconfigured(pipeline: Pipeline, config: Config) -> Pipeline:
         config.relay == pipeline.config.relay
         and config.server.hostname == pipeline.config.server.hostname
     )
-    fresh = Pipeline(
-        config, pipeline.relay if same_relay else None, resources=pipeline.resources
-    )
+    fresh = Pipeline(config, pipeline.relay if same_relay else None, resources=pipeline.resources)
     if not same_relay:
         fresh.relay.prepare()
     fresh.observers = pipeline.observers
@@ -246,9 +244,7 @@ async def serve(
     log.info("stopped")
 
 
-def _start_metrics(
-    config: Config, pipeline: Pipeline, supervised: bool
-) -> metrics.Endpoint | None:
+def _start_metrics(config: Config, pipeline: Pipeline, supervised: bool) -> metrics.Endpoint | None:
     """The Prometheus endpoint on `metrics.listen` (arproxy.metrics), if configured;
     a supervised worker only counts (its supervisor serves the sum)."""
     if supervised:

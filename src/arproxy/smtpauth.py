@@ -86,7 +86,6 @@ class Authenticator:
         await asyncio.sleep(decision.delay)
         return AuthOutcome(decision.reply, None, user, disconnect=decision.disconnect)
 
-
     # One code path for both kinds of limiter: the in-process and shared-memory ones
     # answer at once, the Redis one over the network.
 

@@ -66,9 +66,7 @@ from arproxy.shared import SharedState, WorkerShare
 log = logging.getLogger("arproxy.supervisor")
 
 # SIGUSR1: a worker wrote to the readiness pipe (arproxy.supervisor.Readiness).
-SIGNALS = frozenset(
-    {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
-)
+SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1})
 RESTART_FIRST_DELAY = 0.5  # seconds before restarting a worker that died
 RESTART_MAX_DELAY = 30.0
 STABLE_AFTER = 30.0  # a worker that ran this long had a good start: its delay resets
