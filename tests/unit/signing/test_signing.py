@@ -93,9 +93,10 @@ def seal(message: bytes, cv: bytes, key: SigningKey = RSA, domain: str = "exampl
     fields, body = read_for_signing(message)
     payload = OUR_FIELD.encode()[len("Authentication-Results:") :].lstrip()
     sealer = ArcSealer(domain, "arc", key)
-    return b"".join(
-        sealer.seal(fields, body, read_chain(fields), cv, payload, 1_700_000_000)
-    ) + message
+    return (
+        b"".join(sealer.seal(fields, body, read_chain(fields), cv, payload, 1_700_000_000))
+        + message
+    )
 
 
 def arc_dns() -> object:
@@ -178,7 +179,12 @@ def test_stamp_signs_only_authenticated_mail_of_listed_domains(
     def stamp(message: bytes, authenticated: bool) -> bytes:
         return asyncio.run(
             signing.stamp(
-                message, OUR_FIELD, [], authenticated=authenticated, resolver=None, pool=None  # type: ignore[arg-type]
+                message,
+                OUR_FIELD,
+                [],
+                authenticated=authenticated,
+                resolver=None,
+                pool=None,  # type: ignore[arg-type]
             )
         )
 
@@ -197,7 +203,7 @@ def test_keys_load_and_refuse(tmp_path: Path) -> None:
         load_key(KEYS / "rsa512.pem")
     junk = tmp_path / "junk.pem"
     junk.write_text("not a key\n")
-    with pytest.raises(SigningKeyError, match="junk.pem: not an unencrypted PEM private key"):
+    with pytest.raises(SigningKeyError, match=r"junk\.pem: not an unencrypted PEM private key"):
         load_key(junk)
     with pytest.raises(SigningKeyError, match="cannot read"):
         load_key(tmp_path / "missing.pem")
@@ -224,5 +230,5 @@ def test_an_ed25519_arc_key_is_refused(tmp_path: Path) -> None:
     config = parse_config(
         f'[arc]\nseal = true\ndomain = "example.com"\nselector = "arc"\nkey = "{path}"\n', "t"
     )
-    with pytest.raises(SigningKeyError, match="arc.key: an Ed25519 key"):
+    with pytest.raises(SigningKeyError, match=r"arc\.key: an Ed25519 key"):
         load_signing(config)
