@@ -33,7 +33,7 @@ from arproxy.dns import Resolver, Status
 from arproxy.signing.arc_seal import MAX_INSTANCE, ArcSealer, Chain, key_names, read_chain
 from arproxy.signing.dkim_sign import DkimSigner
 from arproxy.signing.keys import SigningKeyError, load_key
-from arproxy.signing.signature import Fields, read_for_signing
+from arproxy.signing.signature import Fields, read_fields, read_for_signing
 
 __all__ = ["Signing", "SigningKeyError", "load_signing"]
 
@@ -136,8 +136,7 @@ class Signing:
         pool: Executor | None,
     ) -> bytes | None:
         """cv= for our seal (none, pass, fail), or None when no seal is to be added."""
-        fields, _ = read_for_signing(message)
-        chain = read_chain(fields)
+        chain = read_chain(read_fields(message))
         if chain.latest == 0 and not chain.broken:
             return b"none"
         if chain.latest_cv == b"fail":

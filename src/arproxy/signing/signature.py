@@ -39,6 +39,12 @@ def read_for_signing(message: bytes) -> tuple[Fields, bytes]:
     return dkimpy_message(message, read_header(message))
 
 
+def read_fields(message: bytes) -> Fields:
+    """The message's fields only, as `read_for_signing` gives them (no body copy)."""
+    header = read_header(message)
+    return dkimpy_message(message[: header.end], header)[0]
+
+
 def header_list(fields: Fields, wanted: Sequence[str], oversign: Sequence[str]) -> list[bytes]:
     """The h= names: each wanted field as many times as it is present (RFC 6376 section
     5.4.2: signing each instance), then each `oversign` name once more, which signs the

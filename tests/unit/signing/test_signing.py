@@ -11,7 +11,8 @@ from pathlib import Path
 import dkim
 import pytest
 
-from arproxy.config import parse_config
+from arproxy.config import HostPort, parse_config
+from arproxy.dns import Resolver
 from arproxy.signing import Signing, load_signing
 from arproxy.signing.arc_seal import ArcSealer, read_chain
 from arproxy.signing.dkim_sign import DkimSigner
@@ -24,6 +25,8 @@ from arproxy.signing.keys import (
     write_key,
 )
 from arproxy.signing.signature import RECOMMENDED_FIELDS, read_for_signing
+
+from ...dnsserver import KnotServer
 
 KEYS = Path(__file__).parents[2] / "fixtures" / "keys"
 OUR_FIELD = (
@@ -232,3 +235,40 @@ def test_an_ed25519_arc_key_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(SigningKeyError, match=r"arc\.key: an Ed25519 key"):
         load_signing(config)
+
+
+def own_verdict(message: bytes, port: int) -> bytes | None:
+    """cv= for `message` when no ARC check ran: arproxy verifies the chain itself,
+    its keys fetched from the test Knot through our resolver."""
+
+    async def run() -> bytes | None:
+        resolver = Resolver([HostPort("127.0.0.1", port)], timeout=1.0)
+        try:
+            signing = Signing(arc=ArcSealer("example.com", "arc", RSA))
+            return await signing._chain_state(message, [], resolver, None)
+        finally:
+            await resolver.close()
+
+    return asyncio.run(run())
+
+
+def test_own_chain_verification_through_our_resolver(dns_server: KnotServer) -> None:
+    # dkim-keys.test publishes tests/fixtures/keys/rsa2048.pem's key at s2048.
+    fields, body = read_for_signing(OUR_FIELD.encode() + MESSAGE)
+    payload = b"list.example; none\r\n"
+    sealer = ArcSealer("dkim-keys.test", "s2048", RSA)
+    sealed = (
+        b"".join(sealer.seal(fields, body, read_chain(fields), b"none", payload, 1_700_000_000))
+        + OUR_FIELD.encode()
+        + MESSAGE
+    )
+    assert own_verdict(sealed, dns_server.port) == b"pass"
+    assert own_verdict(sealed.replace(b"the body", b"a body"), dns_server.port) == b"fail"
+    # A key that cannot be fetched now (SERVFAIL): no seal, the next hop may judge.
+    elsewhere = ArcSealer("host.servfail.test", "s", RSA)
+    unknown = (
+        b"".join(elsewhere.seal(fields, body, read_chain(fields), b"none", payload, 1_700_000_000))
+        + OUR_FIELD.encode()
+        + MESSAGE
+    )
+    assert own_verdict(unknown, dns_server.port) is None
