@@ -33,7 +33,7 @@ from arproxy.dns import Resolver, Status
 from arproxy.signing.arc_seal import MAX_INSTANCE, ArcSealer, Chain, key_names, read_chain
 from arproxy.signing.dkim_sign import DkimSigner
 from arproxy.signing.keys import SigningKeyError, load_key
-from arproxy.signing.signature import Fields, read_fields, read_for_signing
+from arproxy.signing.signature import Body, Fields, read_fields, read_for_signing
 
 __all__ = ["Signing", "SigningKeyError", "load_signing"]
 
@@ -170,12 +170,13 @@ class _Work:
     timestamp: int
 
     def run(self) -> bytes:
-        fields, body = read_for_signing(self.message)
+        fields, data = read_for_signing(self.message)
+        body = Body(data)  # one bh= per canonicalisation, shared by DKIM and ARC
         message = self.message
         if self.plan.domain is not None and self.signing.dkim is not None:
             signature = self.signing.dkim.signature(fields, body, self.plan.domain, self.timestamp)
             message = signature + message
-            fields, body = read_for_signing(message)
+            fields = read_fields(message)
         if self.plan.cv is not None and self.signing.arc is not None:
             arc_set = self.signing.arc.seal(
                 fields, body, read_chain(fields), self.plan.cv, self.payload, self.timestamp

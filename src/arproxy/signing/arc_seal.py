@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from arproxy.signing.keys import SigningKey
 from arproxy.signing.signature import (
     RECOMMENDED_FIELDS,
+    Body,
     Fields,
     body_hash,
     header_list,
@@ -108,7 +109,7 @@ class ArcSealer:
     def seal(
         self,
         fields: Fields,
-        body: bytes,
+        body: bytes | Body,
         chain: Chain,
         cv: bytes,
         our_payload: bytes,
@@ -142,7 +143,7 @@ class ArcSealer:
         return [seal, ams[0] + b":" + ams[1], aar[0] + b":" + aar[1]]
 
     def _message_signature(
-        self, fields: Fields, body: bytes, i: bytes, timestamp: int
+        self, fields: Fields, body: bytes | Body, i: bytes, timestamp: int
     ) -> tuple[bytes, bytes]:
         names = header_list(fields, self.headers, oversign=("From",))
         tags = [

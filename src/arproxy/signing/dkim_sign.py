@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from arproxy.signing.keys import SigningKey
 from arproxy.signing.signature import (
+    Body,
     Fields,
     body_hash,
     header_list,
@@ -37,7 +38,7 @@ class DkimSigner:
     def signs_for(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains
 
-    def signature(self, fields: Fields, body: bytes, domain: str, timestamp: int) -> bytes:
+    def signature(self, fields: Fields, body: bytes | Body, domain: str, timestamp: int) -> bytes:
         """The DKIM-Signature field (ending in CRLF) for the message read into `fields`
         and `body`, with d=`domain` and t=`timestamp` (seconds since the epoch)."""
         names = header_list(fields, self.headers, oversign=("From",))

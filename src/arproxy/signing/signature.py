@@ -60,10 +60,28 @@ def header_list(fields: Fields, wanted: Sequence[str], oversign: Sequence[str]) 
     return names
 
 
-def body_hash(body: bytes, canonicalization: bytes) -> bytes:
+def body_hash(body: bytes | Body, canonicalization: bytes) -> bytes:
     """bh=: base64 of SHA-256 of the canonicalised body (RFC 6376 section 3.7)."""
+    if isinstance(body, Body):
+        return body.hash(canonicalization)
     policy = CanonicalizationPolicy.from_c_value(canonicalization)
     return base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
+
+
+class Body:
+    """A message body whose bh= is computed once per body canonicalisation: the DKIM
+    signature and the ARC-Message-Signature of one message share it (a 10 MB body
+    costs about 0.4 s to canonicalise and hash)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._hashes: dict[bytes, bytes] = {}
+
+    def hash(self, canonicalization: bytes) -> bytes:
+        body_part = canonicalization.partition(b"/")[2] or b"simple"  # RFC 6376 3.5, c=
+        if body_part not in self._hashes:
+            self._hashes[body_part] = body_hash(self.data, canonicalization)
+        return self._hashes[body_part]
 
 
 def sign_field(
