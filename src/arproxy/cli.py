@@ -1,5 +1,5 @@
-"""Command-line entry points: `arproxy serve`, `check-config`, `check`, `passwd`, `probe`
-and `results`.
+"""Command-line entry points: `arproxy serve`, `check-config`, `check`, `passwd`,
+`dkim-keygen`, `probe` and `results`.
 """
 
 from __future__ import annotations
@@ -87,9 +87,61 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("file", metavar="FILE")
     passwd.add_argument("user", metavar="USER")
     passwd.set_defaults(run=_passwd)
+    _add_keygen_command(commands)
     _add_probe_command(commands)
     _add_results_command(commands)
     return parser
+
+
+def _add_keygen_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = commands.add_parser(
+        "dkim-keygen",
+        help="make a DKIM/ARC signing key and print the TXT record to publish",
+        description="Write a new private key to DIR/SELECTOR.DOMAIN.key (mode 0600, "
+        "never over an existing file) and print the DNS record that publishes its "
+        "public key (RFC 6376 section 3.6.1; Ed25519: RFC 8463).",
+    )
+    keygen.add_argument("domain", metavar="DOMAIN")
+    keygen.add_argument("selector", metavar="SELECTOR")
+    keygen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA modulus size (default 2048)")
+    keygen.add_argument("--out", metavar="DIR", default=".", help="where to write the key")
+    keygen.set_defaults(run=_dkim_keygen)
+
+
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    from arproxy.names import is_host_name  # noqa: PLC0415
+    from arproxy.signing.keys import generate_key, txt_record, write_key  # noqa: PLC0415
+
+    domain, selector = args.domain.lower().rstrip("."), args.selector.lower()
+    for what, name in (("domain", domain), ("selector", selector)):
+        if not is_host_name(name):
+            return _complain(args, f"{name!r} is not a {what} (DNS labels)")
+    target = Path(args.out) / f"{selector}.{domain}.key"
+    if target.exists():
+        return _complain(args, f"{target} exists: not overwritten")
+    try:
+        key = generate_key(args.type, args.bits)
+        write_key(target, key)
+    except ValueError as exc:
+        return _complain(args, str(exc))
+    except OSError as exc:
+        return _complain(args, f"cannot write {target}: {exc.strerror or exc}")
+    print(f"; private key written to {target}; publish:", file=sys.stderr)
+    print(txt_record(domain, selector, key))
+    return EXIT_OK
+
+
+def _load_signing_or_report(config: Config) -> bool:
+    """Read the signing keys once, as the workers will: a bad key is one line."""
+    from arproxy.signing import SigningKeyError, load_signing  # noqa: PLC0415
+
+    try:
+        load_signing(config)
+    except SigningKeyError as exc:
+        print(f"arproxy: signing key error: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _add_probe_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -178,7 +230,7 @@ def _load_or_report(path: str | None) -> Config | None:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
-    if config is None:
+    if config is None or not _load_signing_or_report(config):
         return EXIT_CONFIG
     # Several workers: each line names the process that wrote it.
     setup_logging(config.log.level, config.log.format, with_pid=config.server.workers > 1)
@@ -204,7 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(args.path)
-    if config is None:
+    if config is None or not _load_signing_or_report(config):
         return EXIT_CONFIG
     print(
         f"{args.path}: OK (listen {config.server.listen}, {config.server.workers} "

@@ -185,6 +185,61 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class ArcConfig:
+    """`[arc]`: ARC sealing (RFC 8617) of every relayed message when `seal`; `key` is a
+    PEM private key (RSA or Ed25519) published at `selector`._domainkey.`domain`."""
+
+    seal: bool = False
+    domain: str = ""
+    selector: str = ""
+    key: Path | None = None
+
+
+# RFC 6376 section 5.4.1: the fields a signer should sign (From is also over-signed).
+DKIM_SIGN_HEADERS = (
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-To",
+    "Resent-Cc",
+    "In-Reply-To",
+    "References",
+    "List-Id",
+    "List-Help",
+    "List-Unsubscribe",
+    "List-Subscribe",
+    "List-Post",
+    "List-Owner",
+    "List-Archive",
+    "Message-ID",
+    "Sender",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-ID",
+    "Content-Description",
+)
+_CANONICALIZATIONS = ("relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple")
+
+
+@dataclass(frozen=True)
+class DkimSignConfig:
+    """`[dkim_sign]`: DKIM signing (RFC 6376) of authenticated sessions' mail whose From
+    domain is in `domains` (empty: no signing), with `key` at `selector`."""
+
+    domains: tuple[str, ...] = ()
+    selector: str = ""
+    key: Path | None = None
+    headers: tuple[str, ...] = DKIM_SIGN_HEADERS
+    canonicalization: str = "relaxed/relaxed"
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     server: ServerConfig
@@ -200,6 +255,8 @@ class Config:
     log: LogConfig
     metrics: MetricsConfig = MetricsConfig()
     state: StateConfig = StateConfig()
+    arc: ArcConfig = ArcConfig()
+    dkim_sign: DkimSignConfig = DkimSignConfig()
 
 
 # --- reloading (SIGHUP) ------------------------------------------------------
@@ -295,6 +352,8 @@ def parse_config(text: str, source: str) -> Config:
         ),
         metrics=_metrics(sections["metrics"]),
         state=_state(sections["state"]),
+        arc=_arc(sections["arc"]),
+        dkim_sign=_dkim_sign(sections["dkim_sign"]),
     )
     for table in sections.values():
         table.finish()
@@ -323,6 +382,8 @@ _SECTIONS = (
     "log",
     "metrics",
     "state",
+    "arc",
+    "dkim_sign",
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -458,6 +519,55 @@ def _state(t: _Table) -> StateConfig:
     timeout = t.number("timeout", 0.5, minimum=0.01)
     ttl = t.number("session_ttl", 60.0, minimum=3.0)
     return StateConfig(redis_url=url, key_prefix=prefix, timeout=timeout, session_ttl=ttl)
+
+
+def _selector(t: _Table) -> str:
+    """A selector: one or more DNS labels (RFC 6376 section 3.1), under _domainkey."""
+    value = t.string("selector", "")
+    if not _is_domain(value) or value.endswith("."):
+        raise t.error("selector", f"{value!r} is not a selector (DNS labels, e.g. s2026)")
+    return value.lower()
+
+
+def _arc(t: _Table) -> ArcConfig:
+    if not t.boolean("seal", False):
+        for key in ("domain", "selector", "key"):
+            t.string(key, None)  # allowed while sealing is off
+        return ArcConfig()
+    for key in ("domain", "selector", "key"):
+        if t.string(key, None) is None:
+            raise t.error(key, "required when seal = true")
+    return ArcConfig(
+        seal=True,
+        domain=t.domain("domain", "").lower().rstrip("."),
+        selector=_selector(t),
+        key=t.path("key"),
+    )
+
+
+def _dkim_sign(t: _Table) -> DkimSignConfig:
+    domains = t.domain_list("domains", ())
+    headers = t.str_list("headers", DKIM_SIGN_HEADERS)
+    canonicalization = t.choice("canonicalization", "relaxed/relaxed", _CANONICALIZATIONS)
+    if not domains:
+        for key in ("selector", "key"):
+            t.string(key, None)
+        return DkimSignConfig(headers=headers, canonicalization=canonicalization)
+    for key in ("selector", "key"):
+        if t.string(key, None) is None:
+            raise t.error(key, "required when domains is set")
+    for name in headers:
+        if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name):
+            raise t.error("headers", f"{name!r} is not a field name")
+    if "from" not in {name.lower() for name in headers}:
+        raise t.error("headers", "must include From (RFC 6376 section 5.4)")
+    return DkimSignConfig(
+        domains=domains,
+        selector=_selector(t),
+        key=t.path("key"),
+        headers=headers,
+        canonicalization=canonicalization,
+    )
 
 
 def _tls(t: _Table) -> TlsConfig:

@@ -55,6 +55,7 @@ from arproxy.replies import (
 )
 from arproxy.resources import WorkerResources
 from arproxy.rewrite import ForgeryPolicy, rewrite_header
+from arproxy.signing import Signing, load_signing
 from arproxy.trace import received_field
 
 __all__ = [
@@ -84,9 +85,11 @@ class Pipeline:
         resolver: Resolver | None = None,
         *,
         resources: WorkerResources | None = None,
+        signing: Signing | None = None,
     ) -> None:
         """Build inside the running event loop: the resolver belongs to it. `resources`
-        (the worker's, closed by whoever built them) are built here when not given."""
+        (the worker's, closed by whoever built them) are built here when not given;
+        `signing` (arproxy.signing.load_signing) too. Raises SigningKeyError."""
         self.config = config
         self.relay = relay or make_relay(config.relay, config.server.hostname)
         self.resources = resources or WorkerResources.build(config, resolver=resolver)
@@ -106,6 +109,8 @@ class Pipeline:
         )
         own = (config.server.authserv_id, *config.headers.trusted_authserv_ids)
         self.forgery_policy = ForgeryPolicy(own_ids=own, action=config.headers.forged)
+        # DKIM signing and ARC sealing, keys read now (SigningKeyError); replaced at reload.
+        self.signing = signing if signing is not None else load_signing(config)
 
     def in_background(self, work: Coroutine[Any, Any, None], queue_id: str | None = None) -> None:
         """Run clean-up work (QUIT to the downstream) without holding a reply for it;
@@ -459,8 +464,16 @@ class Transaction:
         )
         prepend = [field.encode("utf-8"), received_field(trace)]
         rewritten = rewrite_header(content, prepend, self.pipeline.forgery_policy)
+        signed = await self.pipeline.signing.stamp(
+            rewritten.message,
+            field,
+            results,
+            authenticated=self.client.auth_identity is not None,
+            resolver=self.pipeline.resolver,
+            pool=self.pipeline.resources.dkim_pool,
+        )
         relay_started = time.monotonic()
-        reply = await self._delivery.send(rewritten.message)
+        reply = await self._delivery.send(signed)
         return self._outcome(
             decided_at_relay(reply),
             reply,

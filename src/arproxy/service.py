@@ -24,6 +24,7 @@ from arproxy.pipeline import Pipeline
 from arproxy.resources import WorkerResources
 from arproxy.server import SessionHandler, make_protocol_factory
 from arproxy.shared import WorkerShare
+from arproxy.signing import SigningKeyError
 from arproxy.smtpauth import Authenticator
 from arproxy.streams import serve_tls
 from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed
@@ -147,7 +148,11 @@ class Reloader:
                 log.warning(
                     "reload: %s need(s) a restart; keeping the old value(s)", ", ".join(restart)
                 )
-            handler.pipeline = reconfigured(handler.pipeline, config)
+            try:
+                handler.pipeline = reconfigured(handler.pipeline, config)
+            except SigningKeyError as exc:  # [arc] / [dkim_sign] keys are read here
+                log.error("reload: keeping the old configuration: %s", exc)
+                return
             handler.config = config
             reload_log_level(config)
             log.info("reload: configuration %s loaded for new sessions", self.path)

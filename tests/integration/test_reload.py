@@ -113,3 +113,24 @@ def test_keys_that_need_a_restart_are_named_and_kept(
     assert "server.listen, server.workers need(s) a restart" in lines[0]
     check_new_session(proxy.port)  # still on the old port, with the new domains
     assert len(started_workers(proxy.log)) == 2
+
+
+def test_an_unusable_signing_key_at_reload_changes_nothing(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """A file that parses but names a DKIM signing key that cannot be read: the worker
+    refuses it with one line and keeps its configuration (no half-applied reload)."""
+    proxy = make_arproxy(smtp_sink.url)
+    missing = proxy.config_path.parent / "no-such-key.pem"
+    text = new_values(proxy) + (
+        f'\n[dkim_sign]\ndomains = ["example.com"]\nselector = "s1"\nkey = "{missing}"\n'
+    )
+    rewrite(proxy, text)
+    wait_for(lambda: "keeping the old configuration" in proxy.log, "the refusal")
+    with forger(proxy.port) as client:  # the old values, unchanged
+        assert client.rcpt("bob@example.net")[0] == 250
+        assert client.data(FORGERY)[0] == 250
+    refusals = [line for line in proxy.log.splitlines() if "keeping the old configuration" in line]
+    assert len(refusals) == 1, refusals
+    assert "no-such-key.pem" in refusals[0]
+    assert LOADED not in proxy.log
