@@ -202,23 +202,25 @@ def sealer_vouches(recorded: Sequence[ResInfo], author: str) -> str | None:
     header.d, or ``spf=pass`` whose smtp.mailfrom domain, has the author's organizational
     domain (RFC 7489 section 3.1, relaxed alignment: the record's adkim=/aspf= are the
     sealer's business, it saw the message as sent)."""
-    for resinfo in recorded:
-        if resinfo.result.lower() != "pass":
-            continue
-        method = resinfo.method.lower()
-        found = {(p.ptype.lower(), p.name.lower()): p.value for p in resinfo.properties}
-        if method == "dmarc" and _domain(found.get(("header", "from"))) == author:
-            return f"dmarc=pass header.from={author}"
-        if method == "dkim" and _aligned(found.get(("header", "d")), author):
-            return f"dkim=pass aligned with {author}"
-        mailfrom = found.get(("smtp", "mailfrom"))
-        if (
-            method == "spf"
-            and mailfrom is not None
-            and _aligned(mailfrom.rpartition("@")[2], author)
-        ):
-            return f"spf=pass aligned with {author}"
+    passes = [r for r in recorded if r.result.lower() == "pass"]
+    for wanted in ("dmarc", "dkim", "spf"):  # the strongest statement first
+        for resinfo in passes:
+            if resinfo.method.lower() == wanted and _authenticates(resinfo, author):
+                return f"{wanted}=pass " + (
+                    f"header.from={author}" if wanted == "dmarc" else f"aligned with {author}"
+                )
     return None
+
+
+def _authenticates(resinfo: ResInfo, author: str) -> bool:
+    found = {(p.ptype.lower(), p.name.lower()): p.value for p in resinfo.properties}
+    method = resinfo.method.lower()
+    if method == "dmarc":
+        return _domain(found.get(("header", "from"))) == author
+    if method == "dkim":
+        return _aligned(found.get(("header", "d")), author)
+    mailfrom = found.get(("smtp", "mailfrom"))
+    return mailfrom is not None and _aligned(mailfrom.rpartition("@")[2], author)
 
 
 def _domain(text: str | None) -> str | None:
