@@ -86,6 +86,7 @@ def test_only_arproxys_own_results_are_trusted(delivered: tuple[Path, int]) -> N
         ("spf", "fail"),
         ("dkim", "none"),
         ("dmarc", "fail"),
+        ("arc", "none"),  # RFC 8617: one arc= result per message
     ]
 
 

@@ -285,3 +285,11 @@ def test_arc_is_on_by_default_and_can_be_switched_off() -> None:
     assert "arc" in {c.method for c in configured_checks(parse_config("", "t").checks)}
     off = parse_config("[checks]\narc = false\n", "t").checks
     assert "arc" not in {c.method for c in configured_checks(off)}
+
+
+def test_no_client_address_no_remote_ip(dns_server: KnotServer) -> None:
+    # `arproxy check` without --client-ip runs the message checks as client 0.0.0.0:
+    # no client, so no smtp.remote-ip (it would name an address nobody connected from).
+    result = run_arc(dns_server.port, list_message(), client_ip="0.0.0.0")
+    assert (result.value, result.client_ip) == (Value.PASS, None)
+    assert result.to_resinfo().properties == ()

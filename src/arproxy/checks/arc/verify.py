@@ -20,6 +20,7 @@ answers 4xx when the override could have applied but for the DNS (RFC 8601 secti
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -77,7 +78,7 @@ async def check(
     (the worker's `dkim_pool`; None: the loop's default executor)."""
     if ctx.message is None:
         raise ValueError("the arc check runs on a complete message")
-    message, ip = ctx.message, ctx.client_ip
+    message, ip = ctx.message, client_address(ctx)
     header = read_header(message)
     if not has_arc_fields(header):
         return (ArcResult(Value.NONE, ip),)
@@ -224,18 +225,28 @@ def _same_reading(
     return ours == theirs and len(theirs) == arc_fields
 
 
+def client_address(ctx: CheckContext) -> str | None:
+    """smtp.remote-ip (RFC 8617 section 10.1): the client's address; None for the
+    unspecified address, which `arproxy check` uses when no --client-ip was given."""
+    try:
+        unspecified = ipaddress.ip_address(ctx.client_ip).is_unspecified
+    except ValueError:
+        return None
+    return None if unspecified else ctx.client_ip
+
+
 def _on_timeout(ctx: CheckContext) -> tuple[ArcResult, ...]:
     """Out of budget: the keys did not come in time, like a failed lookup (temporary)."""
     if ctx.message is None or not has_arc_fields(read_header(ctx.message)):
-        return (ArcResult(Value.NONE, ctx.client_ip),)
-    return (ArcResult(Value.FAIL, ctx.client_ip, reason="timeout", temporary=True),)
+        return (ArcResult(Value.NONE, client_address(ctx)),)
+    return (ArcResult(Value.FAIL, client_address(ctx), reason="timeout", temporary=True),)
 
 
 def _on_crash(ctx: CheckContext) -> tuple[ArcResult, ...]:
     """The check raised on this message: the same message would again (not temporary)."""
     if ctx.message is None or not has_arc_fields(read_header(ctx.message)):
-        return (ArcResult(Value.NONE, ctx.client_ip),)
-    return (ArcResult(Value.FAIL, ctx.client_ip, reason="chain could not be processed"),)
+        return (ArcResult(Value.NONE, client_address(ctx)),)
+    return (ArcResult(Value.FAIL, client_address(ctx), reason="chain could not be processed"),)
 
 
 CHECK = Check("arc", Stage.DATA, check, on_timeout=_on_timeout, on_crash=_on_crash)
