@@ -18,6 +18,7 @@ from arproxy.authres import AuthenticationResults, format_field, parse
 from arproxy.checks.arc import MAX_SETS, ArcResult, check, oldest_pass
 from arproxy.checks.arc.verify import InstanceVerdict
 from arproxy.checks.base import CheckContext, Value
+from arproxy.checks.dkim.dkimpy import runs_inline
 from arproxy.checks.runner import configured_checks
 from arproxy.config import HostPort, parse_config
 from arproxy.dns import Resolver
@@ -293,3 +294,14 @@ def test_no_client_address_no_remote_ip(dns_server: KnotServer) -> None:
     result = run_arc(dns_server.port, list_message(), client_ip="0.0.0.0")
     assert (result.value, result.client_ip) == (Value.PASS, None)
     assert result.to_resinfo().properties == ()
+
+
+def test_a_large_message_is_verified_in_the_pool(dns_server: KnotServer) -> None:
+    # Over dkimpy.INLINE_MAX_BYTES the header read and the hashing run in the pool;
+    # the verdicts are the same.
+    big = authored(body="A line of a long list digest.\r\n" * 4000)
+    assert not runs_inline(big)
+    message = sealed(as_list_sends_it(big))
+    assert run_arc(dns_server.port, message).value is Value.PASS
+    tampered = message.replace(b"long list digest", b"long list digesT", 1)
+    assert run_arc(dns_server.port, tampered).value is Value.FAIL

@@ -79,7 +79,12 @@ async def check(
     if ctx.message is None:
         raise ValueError("the arc check runs on a complete message")
     message, ip = ctx.message, client_address(ctx)
-    header = read_header(message)
+    # Reading the header walks it: off the loop for a large message, as DKIM does.
+    inline = runs_inline(message)
+    loop = asyncio.get_running_loop()
+    header = (
+        read_header(message) if inline else await loop.run_in_executor(pool, read_header, message)
+    )
     if not has_arc_fields(header):
         return (ArcResult(Value.NONE, ip),)
     try:
@@ -89,11 +94,10 @@ async def check(
     sealer, sealer_results = _sealer(chain[-1])
     base = ArcResult(Value.FAIL, ip, sealer=sealer, sealer_results=sealer_results, sets=len(chain))
     keys = await fetch_keys(dns, chain)
-    if runs_inline(message):
+    if inline:
         await asyncio.sleep(0)
         verdicts = validate(message, header, chain, keys)
     else:
-        loop = asyncio.get_running_loop()
         verdicts = await loop.run_in_executor(pool, validate, message, header, chain, keys)
     return (status(verdicts, base),)
 
