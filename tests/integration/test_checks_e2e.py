@@ -154,6 +154,7 @@ def test_dns_down_gives_temperror_and_the_message_still_flows(
         "spf": "temperror",
         "dkim": "temperror",
         "dmarc": "temperror",
+        "arc": "none",  # no ARC field: nothing to look up (RFC 8617 section 5.2 step 1)
     }
 
 

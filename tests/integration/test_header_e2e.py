@@ -113,4 +113,5 @@ def test_a_legitimate_message_with_name_space_colon_passes_reject_dmarc(
         "spf": "pass",
         "dkim": "pass",
         "dmarc": "pass",
+        "arc": "none",
     }
