@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the checks on a message file and print our Authentication-Results field",
         description="Run arproxy's checks offline on a message, as if it had arrived from "
         "--client-ip with --helo and --mail-from, and print the Authentication-Results "
-        "field arproxy would write. Without --client-ip only DKIM and DMARC run.",
+        "field arproxy would write. Without --client-ip only DKIM, DMARC and ARC run.",
     )
     offline.add_argument("message", metavar="FILE", help="the message (- for standard input)")
     offline.add_argument("--config", metavar="PATH", help="configuration (DNS, authserv-id)")

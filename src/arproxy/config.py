@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from arproxy.names import is_host_name
+from arproxy.names import idna2003_host_name, is_host_name
 
 EMBEDDED_DEFAULT = "<embedded default>"
 
@@ -99,6 +99,7 @@ class ChecksConfig:
     spf_threads: int  # pyspf evaluations at once per worker (they mostly wait on DNS)
     dkim_threads: int  # DKIM hashing and RSA at once per worker (CPU)
     skip_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    arc: bool = True  # ARC verification (RFC 8617): one arc= result per message
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ class PolicyConfig:
     reject_spf_fail: bool
     reject_iprev_fail: bool
     tempfail_on_temperror: bool
+    # ARC sealers (the d= of the ARC-Seal, lower-case A-labels) whose chain lets a DMARC
+    # failure through when their hop recorded an authenticated author (arproxy.policy).
+    trusted_arc_sealers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -455,6 +459,7 @@ def _checks(t: _Table) -> ChecksConfig:
         spf_threads=t.integer("spf_threads", 32, minimum=1, maximum=1024),
         dkim_threads=t.integer("dkim_threads", 4, minimum=1, maximum=256),
         skip_clients=t.networks("skip_clients"),
+        arc=t.boolean("arc", True),
     )
 
 
@@ -464,7 +469,19 @@ def _policy(t: _Table) -> PolicyConfig:
         reject_spf_fail=t.boolean("reject_spf_fail", False),
         reject_iprev_fail=t.boolean("reject_iprev_fail", False),
         tempfail_on_temperror=t.boolean("tempfail_on_temperror", False),
+        trusted_arc_sealers=_a_labels(t, "trusted_arc_sealers"),
     )
+
+
+def _a_labels(t: _Table, key: str) -> tuple[str, ...]:
+    """A list of domains as lower-case A-labels (U-labels converted), for exact matching."""
+    converted = []
+    for name in t.str_list(key, ()):
+        a_label = idna2003_host_name(name.rstrip("."), min_labels=2)
+        if a_label is None:
+            raise t.error(key, f"{name!r} is not a domain name")
+        converted.append(a_label)
+    return tuple(converted)
 
 
 def _headers(t: _Table) -> HeadersConfig:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from arproxy.checks.base import MethodResult
+from arproxy.checks.base import ArcOverride, MethodResult
 from arproxy.replies import DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, LOCAL_ERROR, Reply
 from arproxy.trace import TraceInfo
 
@@ -171,11 +171,15 @@ def log_fields(outcome: Outcome) -> dict[str, object]:
 
 def _result_fields(result: MethodResult) -> dict[str, object]:
     reason = getattr(result, "reason", None)
-    return {
+    override = getattr(result, "override", None)
+    fields: dict[str, object] = {
         "method": result.method,
         "value": result.value.value,
         "reason": reason if isinstance(reason, str) and reason else None,
     }
+    if isinstance(override, ArcOverride):
+        fields["override"] = str(override)
+    return fields
 
 
 def _verdict(outcome: Outcome) -> str:
@@ -209,8 +213,12 @@ def summary(results: Sequence[MethodResult]) -> str:
 def _one_result(result: MethodResult) -> str:
     text = f"{result.method}={result.value.value}"
     reason = getattr(result, "reason", None)  # iprev, SPF, DKIM, DMARC keep one for logs
-    if isinstance(reason, str) and reason:
-        text += f" ({printable(reason).translate(_BRACKET_ESCAPES)})"
+    override = getattr(result, "override", None)  # DMARC: a trusted ARC sealer's
+    notes = [reason] if isinstance(reason, str) and reason else []
+    if isinstance(override, ArcOverride):
+        notes.append(str(override))  # "arc override by lists.example"
+    if notes:
+        text += f" ({printable('; '.join(notes)).translate(_BRACKET_ESCAPES)})"
     return text
 
 

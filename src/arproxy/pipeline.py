@@ -445,6 +445,9 @@ class Transaction:
             return self.refused(Decider.INTAKE, intake.refusal, intake.reason, size=len(content))
         content = intake.content
         results = await self.checks.collect(content, config.dns.message_budget)
+        # A trusted ARC sealer's override marks the DMARC result: its comment and the
+        # log line say so, and `decide` does not apply reject_dmarc to it.
+        results = policy.with_arc_override(results, config.policy)
         field = format_results(config.server.authserv_id, results, utf8=self.smtputf8)
         verdict = policy.decide(results, config.policy)
         if verdict.reply is not None:

@@ -1,7 +1,7 @@
 """Local policy: what arproxy accepts, decided from facts the pipeline hands it.
 
-Relay control (no open relay) and the `[policy]` decisions taken on authentication
-results. Pure functions, no I/O.
+Relay control (no open relay), the trusted ARC sealer override, and the `[policy]`
+decisions taken on authentication results. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from arproxy.checks.base import DmarcOutcome, MethodResult, Value
+from arproxy import names
+from arproxy.authres import ResInfo
+from arproxy.checks.base import ArcOutcome, ArcOverride, DmarcOutcome, MethodResult, Value
+from arproxy.checks.dmarc.discovery import organizational_domain
 from arproxy.config import PolicyConfig
 from arproxy.replies import (
     IPREV_REJECTED,
@@ -105,16 +108,15 @@ def _refusal(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict |
     """The first `reject_*` switch whose final fail result matches, or None."""
     by_method = {r.method: r for r in results}
     dmarc = by_method.get("dmarc")
-    if (
-        config.reject_dmarc
-        and isinstance(dmarc, DmarcOutcome)
-        and dmarc.value is Value.FAIL
-        and dmarc.policy == "reject"  # the disposition after pct= sampling
-    ):
-        return Verdict(
-            dmarc_rejected(dmarc.from_domain),
-            "dmarc=fail p=reject",
-        )
+    if config.reject_dmarc and _dmarc_would_reject(dmarc):
+        assert isinstance(dmarc, DmarcOutcome)
+        if _override_pending(results, config):
+            # A trusted sealer vouches for the author but its chain could not be checked
+            # (a key lookup failed): a retry may pass it, so no permanent refusal.
+            return Verdict(
+                temporary_dns_error("arc", "4.7.1"), "arc=fail (temporary) for trusted sealer"
+            )
+        return Verdict(dmarc_rejected(dmarc.from_domain), "dmarc=fail p=reject")
     spf = by_method.get("spf")
     if config.reject_spf_fail and spf is not None and spf.value is Value.FAIL:
         return Verdict(SPF_REJECTED, "spf=fail")
@@ -122,3 +124,112 @@ def _refusal(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict |
     if config.reject_iprev_fail and iprev is not None and iprev.value is Value.FAIL:
         return Verdict(IPREV_REJECTED, "iprev=fail")
     return None
+
+
+def _dmarc_would_reject(dmarc: MethodResult | None) -> bool:
+    """DMARC fail with p=reject after pct= sampling, and no override of local policy."""
+    return (
+        isinstance(dmarc, DmarcOutcome)
+        and dmarc.value is Value.FAIL
+        and dmarc.policy == "reject"  # the disposition after pct= sampling
+        and dmarc.override is None
+    )
+
+
+# --- the trusted ARC sealer override (RFC 8617 section 7.2, RFC 7489 section 6.7) --------
+
+
+def with_arc_override(
+    results: Sequence[MethodResult], config: PolicyConfig
+) -> tuple[MethodResult, ...]:
+    """`results` with the DMARC result marked overridden (`DmarcOutcome.override`) when a
+    trusted sealer vouches for the message (`arc_override`); else unchanged. Call it
+    before formatting the field (the DMARC comment says the policy was not applied) and
+    before `decide` (which then does not apply `reject_dmarc`)."""
+    override = arc_override(results, config.trusted_arc_sealers)
+    if override is None:
+        return tuple(results)
+    return tuple(r.with_override(override) if isinstance(r, DmarcOutcome) else r for r in results)
+
+
+def arc_override(
+    results: Sequence[MethodResult], trusted_sealers: Sequence[str]
+) -> ArcOverride | None:
+    """The override, when every condition holds, else None.
+
+    RFC 7489 section 6.7 lets the receiver's local policy set a failing domain's policy
+    aside ("Final disposition of a message is always a matter of local policy") and RFC
+    8617 section 7.2 names this use of ARC: DMARC fails (a list changed the message),
+    the chain passes, the newest ARC-Seal's d= is one of `trusted_sealers` (exact match,
+    case-insensitive, A-labels), and that hop's ARC-Authentication-Results record a
+    DMARC pass for the From domain or a DKIM/SPF pass aligned with it (`sealer_vouches`).
+    The DMARC result itself is not changed: it stays RFC 7489's fail.
+    """
+    by_method = {r.method: r for r in results}
+    dmarc, arc = by_method.get("dmarc"), by_method.get("arc")
+    if not isinstance(dmarc, DmarcOutcome) or not isinstance(arc, ArcOutcome):
+        return None
+    if dmarc.value is not Value.FAIL or dmarc.from_domain is None or arc.value is not Value.PASS:
+        return None
+    return _vouching_sealer(arc, dmarc.from_domain, trusted_sealers)
+
+
+def _override_pending(results: Sequence[MethodResult], config: PolicyConfig) -> bool:
+    """Whether the override would apply but for a temporary failure of the ARC check."""
+    by_method = {r.method: r for r in results}
+    dmarc, arc = by_method.get("dmarc"), by_method.get("arc")
+    return (
+        isinstance(dmarc, DmarcOutcome)
+        and dmarc.from_domain is not None
+        and isinstance(arc, ArcOutcome)
+        and arc.temporary
+        and _vouching_sealer(arc, dmarc.from_domain, config.trusted_arc_sealers) is not None
+    )
+
+
+def _vouching_sealer(
+    arc: ArcOutcome, author: str, trusted_sealers: Sequence[str]
+) -> ArcOverride | None:
+    if arc.sealer is None or arc.sealer not in trusted_sealers:
+        return None
+    basis = sealer_vouches(arc.sealer_results or (), author)
+    return None if basis is None else ArcOverride(arc.sealer, basis)
+
+
+def sealer_vouches(recorded: Sequence[ResInfo], author: str) -> str | None:
+    """What the sealer's hop recorded that authenticates `author` (the From domain, an
+    A-label), or None: ``dmarc=pass`` with header.from the author, or ``dkim=pass`` whose
+    header.d, or ``spf=pass`` whose smtp.mailfrom domain, has the author's organizational
+    domain (RFC 7489 section 3.1, relaxed alignment: the record's adkim=/aspf= are the
+    sealer's business, it saw the message as sent)."""
+    passes = [r for r in recorded if r.result.lower() == "pass"]
+    for wanted in ("dmarc", "dkim", "spf"):  # the strongest statement first
+        for resinfo in passes:
+            if resinfo.method.lower() == wanted and _authenticates(resinfo, author):
+                return f"{wanted}=pass " + (
+                    f"header.from={author}" if wanted == "dmarc" else f"aligned with {author}"
+                )
+    return None
+
+
+def _authenticates(resinfo: ResInfo, author: str) -> bool:
+    found = {(p.ptype.lower(), p.name.lower()): p.value for p in resinfo.properties}
+    method = resinfo.method.lower()
+    if method == "dmarc":
+        return _domain(found.get(("header", "from"))) == author
+    if method == "dkim":
+        return _aligned(found.get(("header", "d")), author)
+    mailfrom = found.get(("smtp", "mailfrom"))
+    return mailfrom is not None and _aligned(mailfrom.rpartition("@")[2], author)
+
+
+def _domain(text: str | None) -> str | None:
+    """`text` as a lower-case A-label host name, or None."""
+    if text is None:
+        return None
+    return names.idna2003_host_name(text.rstrip("."), min_labels=2)
+
+
+def _aligned(text: str | None, author: str) -> bool:
+    domain = _domain(text)
+    return domain is not None and organizational_domain(domain) == organizational_domain(author)

@@ -72,6 +72,7 @@ def test_good_sender_passes_every_check(make_arproxy: MakeArproxy, smtp_sink: Sm
         ("spf", "pass"),
         ("dkim", "pass"),
         ("dmarc", "pass"),
+        ("arc", "none"),  # RFC 8617: one arc= result per message
     ]
     assert results[0][2] == {"policy.iprev": "127.0.0.2"}
     assert results[1][2] == {"smtp.mailfrom": "sender.test"}
@@ -97,6 +98,7 @@ def test_forger_fails_iprev_spf_and_dmarc(make_arproxy: MakeArproxy, smtp_sink: 
         ("spf", "fail"),
         ("dkim", "none"),
         ("dmarc", "fail"),
+        ("arc", "none"),  # RFC 8617: one arc= result per message
     ]
 
 
@@ -152,6 +154,7 @@ def test_dns_down_gives_temperror_and_the_message_still_flows(
         "spf": "temperror",
         "dkim": "temperror",
         "dmarc": "temperror",
+        "arc": "none",  # no ARC field: nothing to look up (RFC 8617 section 5.2 step 1)
     }
 
 
@@ -209,4 +212,5 @@ def test_arproxy_check_prints_the_same_field(dns_server: KnotServer, tmp_path: P
         ("spf", "pass"),
         ("dkim", "pass"),
         ("dmarc", "pass"),
+        ("arc", "none"),  # RFC 8617: one arc= result per message
     ]

@@ -107,6 +107,7 @@ def test_outage_with_reject_only_delivers_with_the_temperrors_written(
         ("spf", "temperror"),
         ("dkim", "temperror"),
         ("dmarc", "temperror"),
+        ("arc", "none"),  # no ARC field: nothing to look up (RFC 8617 section 5.2 step 1)
     ]
     assert results[1][2] == {"smtp.mailfrom": "tempfail.example"}
     assert results[2][2]["header.d"] == "pass.example"

@@ -68,7 +68,7 @@ def test_delivered_fields_parse_back_as_arproxy_wrote_them(
     assert ours.lower_name == "authentication-results"
     parsed = parse(ours.with_crlf()[ours.colon + 1 :].decode())
     assert parsed.authserv_id == "example.com"
-    assert [r.method for r in parsed.results] == ["iprev", "spf", "dkim", "dmarc"]
+    assert [r.method for r in parsed.results] == ["iprev", "spf", "dkim", "dmarc", "arc"]
     assert received.lower_name == "received"
     assert received.raw.startswith(
         b"Received: from client.example.org ([127.0.0.1])\n\tby mx.example.com (arproxy) with"
@@ -113,4 +113,5 @@ def test_a_legitimate_message_with_name_space_colon_passes_reject_dmarc(
         "spf": "pass",
         "dkim": "pass",
         "dmarc": "pass",
+        "arc": "none",
     }

@@ -120,7 +120,7 @@ def test_relay_is_byte_exact_but_for_our_two_fields(
     assert rest == EXPECTED_REST.replace(b"\r\n", b"\n")  # smtp-sink dumps with LF
     field = parse(ours.decode().split(":", 1)[1].rstrip("\n").replace("\n", "\r\n"))
     assert field.authserv_id == "example.com"
-    assert [r.method for r in field.results] == ["iprev", "spf", "dkim", "dmarc"]
+    assert [r.method for r in field.results] == ["iprev", "spf", "dkim", "dmarc", "arc"]
     assert received.startswith(
         b"Received: from client.example.org ([127.0.0.1])\n\tby "
         b"mx.example.com (arproxy) with ESMTP id "

@@ -86,6 +86,7 @@ def test_only_arproxys_own_results_are_trusted(delivered: tuple[Path, int]) -> N
         ("spf", "fail"),
         ("dkim", "none"),
         ("dmarc", "fail"),
+        ("arc", "none"),  # RFC 8617: one arc= result per message
     ]
 
 
@@ -98,8 +99,9 @@ def test_text_output_is_one_line_per_result(delivered: tuple[Path, int]) -> None
         "spf=fail smtp.mailfrom=sender.test\n"
         "dkim=none\n"
         "dmarc=fail header.from=sender.test policy.dmarc=reject\n"
+        "arc=none smtp.remote-ip=127.0.0.1\n"
     )
-    assert len(trusted_results(path.read_bytes(), "example.com")) == 4  # the Python API
+    assert len(trusted_results(path.read_bytes(), "example.com")) == 5  # the Python API
 
 
 def test_probe_learns_the_id_from_arproxy(delivered: tuple[Path, int]) -> None:

@@ -83,6 +83,20 @@ class DkimOutcome(Protocol):
     def domain(self) -> str | None: ...
 
 
+@dataclass(frozen=True)
+class ArcOverride:
+    """Local policy's decision not to apply a failing DMARC policy because a trusted ARC
+    sealer vouches for the message (arproxy.policy): who sealed, and what its hop
+    recorded that authenticated the author (e.g. ``dmarc=pass``). Logged as
+    ``arc override by <sealer>``; the DMARC result itself stays ``fail`` (RFC 7489)."""
+
+    sealer: str  # the newest ARC-Seal's d=, a lower-case A-label
+    basis: str  # our text, built from checked values only
+
+    def __str__(self) -> str:
+        return f"arc override by {self.sealer}"
+
+
 @runtime_checkable
 class DmarcOutcome(MethodResult, Protocol):
     """What local policy (arproxy.policy) reads of a DMARC result (checks/dmarc)."""
@@ -92,6 +106,30 @@ class DmarcOutcome(MethodResult, Protocol):
 
     @property
     def policy(self) -> Disposition | None: ...  # after pct= sampling
+
+    @property
+    def override(self) -> ArcOverride | None: ...  # set by local policy only
+
+    def with_override(self, override: ArcOverride) -> DmarcOutcome:
+        """The same result, its policy not applied because of `override`."""
+        ...
+
+
+@runtime_checkable
+class ArcOutcome(MethodResult, Protocol):
+    """What local policy reads of an ARC result (checks/arc): the chain's status, the
+    newest seal's d= (checked A-label or None), what that hop recorded in its
+    ARC-Authentication-Results (None: absent or unparsable), and whether a fail is
+    only a DNS failure (`temporary`)."""
+
+    @property
+    def sealer(self) -> str | None: ...
+
+    @property
+    def sealer_results(self) -> tuple[ResInfo, ...] | None: ...
+
+    @property
+    def temporary(self) -> bool: ...
 
 
 @dataclass(frozen=True)

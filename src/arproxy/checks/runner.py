@@ -1,7 +1,7 @@
 """Runs a session's checks concurrently, each as soon as its inputs exist.
 
 iprev starts at connect, SPF for the HELO identity at EHLO, SPF for MAIL FROM at
-MAIL, DKIM and auth when the message is complete, DMARC once SPF and DKIM are in.
+MAIL, DKIM, ARC and auth when the message is complete, DMARC once SPF and DKIM are in.
 At the end of DATA `collect` waits only for what is still outstanding, within the
 per-message budget (`dns.message_budget`); a check still running then is reported
 as its own timeout result (temperror) instead of holding the client. A check that
@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from arproxy.checks import auth, dkim, dmarc, iprev, spf
+from arproxy.checks import arc, auth, dkim, dmarc, iprev, spf
 from arproxy.checks.base import Check, CheckContext, MethodResult, Stage
 from arproxy.config import ChecksConfig
 from arproxy.dns import Resolver
@@ -33,7 +33,7 @@ from arproxy.resources import WorkerResources
 log = logging.getLogger("arproxy.checks")
 
 # The order of results in our field, whatever order they finish in.
-METHOD_ORDER = ("auth", "iprev", "spf", "dkim", "dmarc")
+METHOD_ORDER = ("auth", "iprev", "spf", "dkim", "dmarc", "arc")
 
 
 def configured_checks(
@@ -43,7 +43,7 @@ def configured_checks(
     loop's default executor, for tests and one-shot tools)."""
     spf_pool = resources.spf_pool if resources else None
     dkim_pool = resources.dkim_pool if resources else None
-    return (
+    checks: tuple[Check, ...] = (
         dataclasses.replace(
             iprev.CHECK, run=functools.partial(iprev.check_iprev, max_names=config.iprev_max_names)
         ),
@@ -60,6 +60,13 @@ def configured_checks(
         auth.CHECK,
         dmarc.CHECK,
     )
+    if config.arc:
+        # RFC 8617: the chain's status, for the trusted-sealer override (arproxy.policy).
+        # Same CPU work as DKIM (hashing, RSA), so the same pool.
+        checks += (
+            dataclasses.replace(arc.CHECK, run=functools.partial(arc.check, pool=dkim_pool)),
+        )
+    return checks
 
 
 class _Running:

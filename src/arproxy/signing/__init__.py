@@ -147,9 +147,14 @@ class Signing:
             return None
         if not chain.complete():
             return b"fail"
-        verdicts = [result.value for result in results if result.method == "arc"]
+        verdicts = [result for result in results if result.method == "arc"]
         if verdicts:  # the ARC verification check's verdict on this very chain
-            return _CV_OF.get(verdicts[0], b"fail")
+            if getattr(verdicts[0], "temporary", False):
+                # A key lookup failed for now: cv=fail would end the chain for good at
+                # every later hop (RFC 8617 section 5.1.1); leave it unsealed instead.
+                log.info("arc: the chain's keys are unavailable for now: not sealed")
+                return None
+            return _CV_OF.get(verdicts[0].value, b"fail")
         return await _verify_chain(message, chain, resolver, pool)
 
 

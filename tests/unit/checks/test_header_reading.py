@@ -20,6 +20,7 @@ from arproxy.checks.runner import SessionChecks, configured_checks
 from arproxy.config import HostPort, load_config
 from arproxy.dns import Resolver
 
+from ...arcmail import list_message
 from ...dnsserver import KnotServer
 from .test_dkim import MESSAGE, sign
 
@@ -110,7 +111,8 @@ def test_a_crashing_dmarc_check_is_permerror(dns_server: KnotServer) -> None:
 
 
 def test_every_check_that_reads_the_message_has_a_content_crash_result() -> None:
-    """Kind (a): in every check that reads the message content, a crash is permerror."""
+    """Kind (a): in every check that reads the message content, a crash is final
+    (permerror; for arc, fail)."""
     checks = configured_checks(load_config(None).checks)
     ctx = CheckContext("192.0.2.1", message=sign(MESSAGE, "s2048"))
     reading = [check for check in checks if check.method in ("dkim", "dmarc")]
@@ -118,6 +120,13 @@ def test_every_check_that_reads_the_message_has_a_content_crash_result() -> None
     for check in reading:
         assert check.on_crash is not None, check.method
         assert [r.value for r in check.on_crash(ctx)] == [Value.PERMERROR]
+    # arc reads the message too; RFC 8617 section 10.1 registers no permerror for it, so
+    # a crash on a chain is fail, and never temporary (the same message would crash again).
+    (arc_check,) = [check for check in checks if check.method == "arc"]
+    assert arc_check.on_crash is not None
+    (crashed,) = arc_check.on_crash(CheckContext("192.0.2.1", message=list_message()))
+    assert (crashed.value, getattr(crashed, "temporary", None)) == (Value.FAIL, False)
     # The only other check of the DATA stage, auth, reads the session, not the message.
-    others = {check.method for check in checks if check.stage >= Stage.DATA} - {"dkim", "dmarc"}
+    content = {"dkim", "dmarc", "arc"}
+    others = {check.method for check in checks if check.stage >= Stage.DATA} - content
     assert others == {"auth"}

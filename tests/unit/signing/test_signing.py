@@ -11,6 +11,8 @@ from pathlib import Path
 import dkim
 import pytest
 
+from arproxy.checks.arc.result import ArcResult
+from arproxy.checks.base import Value
 from arproxy.config import HostPort, parse_config
 from arproxy.dns import Resolver
 from arproxy.signing import Signing, load_signing
@@ -272,3 +274,29 @@ def test_own_chain_verification_through_our_resolver(dns_server: KnotServer) -> 
         + MESSAGE
     )
     assert own_verdict(unknown, dns_server.port) is None
+
+
+@pytest.mark.parametrize(
+    ("verdict", "cv"),
+    [
+        (ArcResult(Value.PASS), b"pass"),
+        (ArcResult(Value.FAIL, reason="seal does not verify"), b"fail"),
+        # RFC 8617 section 5.1.1: cv=fail ends the chain at every later hop, so a key
+        # that is unavailable for now (a temporary DNS failure) gets no seal at all.
+        (ArcResult(Value.FAIL, reason="key lookup failed temporarily", temporary=True), None),
+    ],
+)
+def test_the_arc_checks_verdict_gives_cv_and_a_temporary_failure_no_seal(
+    verdict: ArcResult, cv: bytes | None
+) -> None:
+    chained = seal(OUR_FIELD.encode() + MESSAGE, b"none", LIST_KEY, "list.example")
+
+    async def run() -> bytes | None:
+        resolver = Resolver([HostPort("127.0.0.1", 9)], timeout=0.1)  # never asked
+        try:
+            signing = Signing(arc=ArcSealer("example.com", "arc", RSA))
+            return await signing._chain_state(chained, [verdict], resolver, None)
+        finally:
+            await resolver.close()
+
+    assert asyncio.run(run()) == cv

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from arproxy import names
 from arproxy.authres import Property, ResInfo
-from arproxy.checks.base import Disposition, Value
+from arproxy.checks.base import ArcOverride, Disposition, Value
 
 AlignmentMode = Literal["r", "s"]
 
@@ -29,8 +29,14 @@ class DmarcResult:
     sp: Disposition | None = None
     pct: int | None = None
     reason: str = ""
+    # Set by local policy (arproxy.policy) when a trusted ARC sealer vouches for a failing
+    # message: the policy is not applied, the result stays what RFC 7489 says.
+    override: ArcOverride | None = None
 
     method = "dmarc"
+
+    def with_override(self, override: ArcOverride) -> DmarcResult:
+        return replace(self, override=override)
 
     def to_resinfo(self) -> ResInfo:
         properties: list[Property] = []
@@ -51,14 +57,17 @@ class DmarcResult:
         passes); what is actually done with the message is arproxy's local policy.
         """
         if self.p is None:
-            return None
+            return None  # no record: no policy, so nothing to override either
         pct = 100 if self.pct is None else self.pct
         parts = [f"p={self.p}", f"sp={self.sp or self.p}", f"pct={pct}"]
         if self.value is Value.PASS:
             parts.append("dis=none")
         elif self.value is Value.FAIL and self.policy is not None:
             parts.append(f"dis={self.policy}")
-        return " ".join(parts)
+        comment = " ".join(parts)
+        if self.override is not None:
+            comment += f"; policy not applied: ARC sealed by {self.override.sealer}"
+        return comment
 
 
 def _is_a_label_name(domain: str) -> bool:
