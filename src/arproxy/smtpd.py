@@ -24,6 +24,11 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
   aiosmtpd's lenient parser sees it, and the parameters are kept as the client
   sent them (aiosmtpd upper-cases them, values included).
 - `challenge_auth`: the lines it reads are AUTH data, never to be logged.
+- `inspect` and `dir` (as `aiosmtpd.smtp` names them): `SMTP.__init__` builds its
+  command, hook and AUTH tables on every connection with `inspect.getmembers` and
+  `dir` on the instance and the handler, and reads the EHLO hook's signature (0.1 ms,
+  most of the constructor, evaluating every property on the way). `_MemberTables`
+  answers them from tables made once per class.
 
 `tests/unit/test_smtpd.py` fails if any of these disappears from aiosmtpd, and
 pyproject pins aiosmtpd below 1.5.
@@ -32,10 +37,13 @@ pyproject pins aiosmtpd below 1.5.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
 from typing import Any, AnyStr, NoReturn
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, Session
 
 from arproxy.replies import TLS_ALREADY_ACTIVE, too_many_errors
@@ -65,6 +73,7 @@ AIOSMTPD_HOOKS = (
     "connection_made",
     "connection_lost",
     "_handle_client",
+    "__init__",  # its use of inspect: _MemberTables
 )
 # Instance attributes set by aiosmtpd that arproxy reads.
 AIOSMTPD_ATTRIBUTES = (
@@ -107,6 +116,59 @@ _AIOSMTPD_GOODBYE = "502 5.5.1 Too many unrecognized commands, goodbye."
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
+class _MemberTables(ModuleType):
+    """`inspect` as aiosmtpd.smtp sees it: `getmembers` gives the `auth_` members
+    (the only ones its constructor keeps) from a list of names made once per class,
+    `signature` is computed once per function; the rest is `inspect` itself."""
+
+    def __init__(self) -> None:
+        super().__init__("inspect")
+        self._auth_names: dict[type, tuple[str, ...]] = {}
+        self._class_names: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+        self._signatures: dict[Any, inspect.Signature] = {}
+
+    def names(self, obj: Any) -> list[str]:
+        """`dir(obj)`'s names (unsorted: aiosmtpd only filters them by prefix): the
+        class's, listed once, and the instance's own."""
+        listed = self._class_names.get(type(obj))
+        if listed is None:
+            names = tuple(dir(type(obj)))
+            listed = self._class_names[type(obj)] = (names, frozenset(names))
+        names, known = listed
+        own = getattr(obj, "__dict__", {})
+        return [*names, *(name for name in own if name not in known)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(inspect, name)
+
+    def getmembers(self, obj: Any) -> list[tuple[str, Any]]:
+        names = self._auth_names.get(type(obj))
+        if names is None:
+            # Class attributes only: an instance's own `auth_` attribute (none in
+            # aiosmtpd or arproxy) would come from its class's table, not from it.
+            names = tuple(name for name in dir(type(obj)) if name.startswith("auth_"))
+            self._auth_names[type(obj)] = names
+        return [(name, getattr(obj, name)) for name in names]
+
+    def signature(self, obj: Any) -> inspect.Signature:
+        # A bound method's signature (self left out) is its function's, once bound.
+        key = (getattr(obj, "__func__", obj), hasattr(obj, "__self__"))
+        found = self._signatures.get(key)
+        if found is None:
+            found = self._signatures[key] = inspect.signature(obj)
+        return found
+
+
+def _install_member_tables() -> None:
+    """Give aiosmtpd.smtp the `inspect` above (once; at the first connection, not at
+    import, so importing arproxy changes nothing)."""
+    module: Any = aiosmtpd.smtp
+    if not isinstance(module.inspect, _MemberTables):
+        tables = _MemberTables()
+        module.inspect = tables
+        module.dir = tables.names  # a module global: found before the builtin
+
+
 class SMTPAdapter(SMTP):
     """aiosmtpd's SMTP with its private hooks turned into methods for a subclass."""
 
@@ -114,6 +176,7 @@ class SMTPAdapter(SMTP):
         # aiosmtpd's DATA line limit (read by its constructor): the text of a line,
         # plus CRLF, plus a transparency dot (RFC 5321 section 4.5.2).
         self.line_length_limit = max_line_length + 3
+        _install_member_tables()
         super().__init__(handler, **kwargs)
         self._in_greeting_reply = False
         self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
