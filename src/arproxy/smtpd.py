@@ -17,7 +17,8 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
 - `_authenticate`, `auth_PLAIN`, `auth_LOGIN`: the synchronous credential hook is
   bypassed so credentials are checked off the event loop.
 - `push`: every reply passes here (enhanced codes on aiosmtpd's own replies, a log
-  line for each refusal).
+  line for each refusal), and is written here: replies to pipelined commands go out
+  in one write (RFC 2920), as do the lines of the EHLO reply.
 - `smtp_EHLO`, `smtp_HELO`: no enhanced code inside the greeting reply.
 - `smtp_STARTTLS`: refused inside TLS (RFC 3207 section 4.2: one TLS layer only).
 - `smtp_MAIL`, `smtp_RCPT`: the path is read by RFC 5321 section 4.1.2 before
@@ -47,7 +48,7 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, Session
 
 from arproxy.replies import TLS_ALREADY_ACTIVE, too_many_errors
-from arproxy.streams import adopt_reader, adopt_tls_protocol
+from arproxy.streams import ClientReader, adopt_reader, adopt_tls_protocol
 
 # What aiosmtpd itself provides and arproxy overrides, reads or calls (see above).
 AIOSMTPD_HOOKS = (
@@ -183,6 +184,9 @@ class SMTPAdapter(SMTP):
         # The MAIL/RCPT parameters as the client wrote them (aiosmtpd upper-cases).
         self.command_parameters: list[str] = []
         self.reading_auth_data = False  # inside an AUTH exchange (challenge_auth)
+        # Replies written but not yet sent: while the client's next command is
+        # already buffered, or within the EHLO reply (one write for all of them).
+        self._held: list[bytes] = []
 
     # --- what a subclass provides (the reader's owner: arproxy.streams.LineOwner) ---
 
@@ -234,6 +238,17 @@ class SMTPAdapter(SMTP):
     def session_task(self) -> asyncio.Task[None] | None:
         task: asyncio.Task[None] | None = self._handler_coroutine
         return task
+
+    @property
+    def replies_held(self) -> bool:
+        return bool(self._held)
+
+    def flush_replies(self) -> None:
+        """Send the replies held back (before waiting for the client, and before
+        any close that does not pass through `push`)."""
+        if self._held:
+            data, self._held = b"".join(self._held), []
+            self._writer.write(data)
 
     def set_timeout(self, seconds: float | None = None) -> None:
         """The idle bound from now on (None: the command timeout)."""
@@ -355,12 +370,19 @@ class SMTPAdapter(SMTP):
         await self._greeting(super().smtp_HELO, hostname)
 
     async def _greeting(self, command: Callable[[str], Awaitable[None]], hostname: str) -> None:
-        # The EHLO lines (250-PIPELINING...) and the HELO reply get no enhanced code.
+        # The EHLO lines (250-PIPELINING...) and the HELO reply get no enhanced code,
+        # and go out in one write (aiosmtpd pushes one line at a time).
         self._in_greeting_reply = True
         try:
             await command(hostname)
         finally:
             self._in_greeting_reply = False
+            if not self._reader_has_line():
+                self.flush_replies()
+
+    def _reader_has_line(self) -> bool:
+        reader = self._reader
+        return isinstance(reader, ClientReader) and reader.has_line()
 
     async def push(self, status: AnyStr) -> None:
         if self.reading_over:
@@ -374,8 +396,25 @@ class SMTPAdapter(SMTP):
                 status = with_enhanced_code(status)
             status = wire_safe(status)
             self.log_reply(status)
-        await super().push(status)
+            # As aiosmtpd's push encodes (UTF-8 only once SMTPUTF8 is offered).
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            response = status
+        self._held.append(response + b"\r\n")
+        if not self._may_hold(response):
+            self.flush_replies()
+            await self._writer.drain()
         self.after_reply()
+
+    def _may_hold(self, response: bytes) -> bool:
+        """Whether a reply may wait for the next one: within the EHLO reply, or while
+        the client's next command is already buffered (RFC 2920 section 3.2: the
+        server may buffer replies to a group of pipelined commands). Never a reply
+        after which the connection closes or the TLS layer starts (221, 421, 220):
+        it goes out at once, with those held before it."""
+        if response[:3] in (b"220", b"221", b"421"):
+            return False
+        return self._in_greeting_reply or self._reader_has_line()
 
 
 def with_enhanced_code(status: str) -> str:
