@@ -67,13 +67,36 @@ def set_origin(*, addr: str, port: int, helo: str | None, esmtp: bool, queue_id:
 
 
 def xforward_commands(offered: str, origin: dict[str, str] | None) -> list[str]:
-    """The XFORWARD argument strings for the attributes the downstream offered (its
-    EHLO `XFORWARD NAME ADDR ...` line), values in xtext (RFC 3461 section 4), one
-    attribute per command so no line nears the 512-octet limit of RFC 5321 4.5.3.1.4."""
+    """The XFORWARD `NAME=value` arguments for the attributes the downstream offered
+    (its EHLO `XFORWARD NAME ADDR ...` line), values in xtext (RFC 3461 section 4)."""
     if origin is None:
         return []
     allowed = {name.upper() for name in offered.split()}
     return [f"{name}={xtext(value)}" for name, value in origin.items() if name in allowed]
+
+
+XFORWARD_LINE_LIMIT = 512  # octets of a command line, CRLF included (RFC 5321 4.5.3.1.4)
+
+
+def xforward_lines(arguments: Sequence[str]) -> list[list[str]]:
+    """`arguments` grouped into as few XFORWARD commands as fit the command line limit
+    (Postfix XFORWARD_README: `XFORWARD 1*( SP name=value )`, and no command over 512
+    characters): one round trip each, instead of one per attribute. An argument that
+    cannot fit a command of its own (a HELO name of 255 octets all escaped) is left out."""
+    lines: list[list[str]] = []
+    length = 0
+    fixed = len("XFORWARD") + len("\r\n")
+    for argument in arguments:
+        size = 1 + len(argument)  # SP name=value
+        if fixed + size > XFORWARD_LINE_LIMIT:
+            log.info("XFORWARD %s... left out: over the command line limit", argument[:16])
+            continue
+        if not lines or fixed + length + size > XFORWARD_LINE_LIMIT:
+            lines.append([])
+            length = 0
+        lines[-1].append(argument)
+        length += size
+    return lines
 
 
 def xtext(value: str) -> str:
@@ -348,10 +371,12 @@ async def _xforward(client: aiosmtplib.SMTP, offered: str | None) -> None:
     who the client was; a refusal only costs the downstream's log that detail."""
     if offered is None:
         return
-    for argument in xforward_commands(offered, _ORIGIN.get()):
-        response = await client.execute_command(b"XFORWARD", argument.encode("ascii"))
+    for arguments in xforward_lines(xforward_commands(offered, _ORIGIN.get())):
+        response = await client.execute_command(
+            b"XFORWARD", *(argument.encode("ascii") for argument in arguments)
+        )
         if response.code != 250:
-            log.info("downstream refused XFORWARD %s: %s", argument, response.code)
+            log.info("downstream refused XFORWARD %s: %s", " ".join(arguments), response.code)
             return
 
 
