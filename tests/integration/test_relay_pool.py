@@ -7,11 +7,14 @@ transaction not started, which may be started again elsewhere)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 from arproxy.config import Downstream, HostPort, RelayConfig
 from arproxy.relay import SmtpRelay
 from tests.integration.peers import SmtpSink
+
+from .conftest import MakeArproxy
 
 SENDER = "alice@sender.test"
 RECIPIENT = "bob@example.com"
@@ -53,7 +56,10 @@ def test_messages_share_one_connection(smtp_sink: SmtpSink) -> None:
         relay = relay_to(smtp_sink)
         for number in range(3):
             assert await deliver(relay, number) == 250
-        await relay.shutdown(5.0)
+        (pooled,) = relay._idle
+        assert pooled.client.is_connected and pooled.transactions == 3
+        await relay.shutdown(5.0)  # at stop: QUIT, and the pool is empty
+        assert not relay._idle and not pooled.client.is_connected
         return relay
 
     relay = asyncio.run(go())
@@ -180,3 +186,39 @@ def test_reset_refused_connection_is_not_reused(tmp_path: Path) -> None:
         assert subjects(sink) == ["pool 1"]
     finally:
         sink.close()
+
+
+def test_through_arproxy_pipelined_client_and_downstream_restart(
+    make_arproxy: MakeArproxy, tmp_path: Path
+) -> None:
+    """arproxy end to end: a client pipelining MAIL, RCPT and DATA (RFC 2920) gets its
+    three replies in order; after the downstream restarts in place (its pooled
+    connection dead), the next message is still delivered, once."""
+    sink = SmtpSink(tmp_path / "sink")
+    restarted: SmtpSink | None = None
+    proxy = make_arproxy(sink.url)
+    try:
+        for number in (1, 2):
+            if number == 2:
+                sink.close()
+                restarted = SmtpSink(tmp_path / "restarted", port=sink.port)
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as client:
+                replies = client.makefile("rb")
+                assert replies.readline().startswith(b"220 ")
+                client.sendall(b"EHLO client.example.org\r\n")
+                while (line := replies.readline())[3:4] == b"-":
+                    pass
+                assert line.startswith(b"250 ")
+                client.sendall(
+                    b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+                )
+                assert [replies.readline()[:4] for _ in range(3)] == [b"250 ", b"250 ", b"354 "]
+                client.sendall(message(number) + b".\r\nQUIT\r\n")
+                assert replies.readline().startswith(b"250 ")
+                assert replies.readline().startswith(b"221 ")
+        assert restarted is not None
+        assert subjects(restarted) == ["pool 2"]
+    finally:
+        sink.close()
+        if restarted is not None:
+            restarted.close()
