@@ -84,6 +84,7 @@ shutdown_grace = 5.0
 downstream = "smtp://127.0.0.1:{sink_port}"
 connect_timeout = 10.0
 timeout = 30.0
+{relay}
 
 [domains]
 local = ["example.com"]
@@ -104,14 +105,16 @@ level = "info"
 
 @dataclass(frozen=True)
 class Target:
-    """One configuration under load. kind: "sink", "naive" or "arproxy"; server: extra
-    lines of arproxy's [server] table; requires: a [server] key check-config must accept."""
+    """One configuration under load. kind: "sink", "naive" or "arproxy"; server, relay:
+    extra lines of arproxy's [server] and [relay] tables; requires: a [server] key
+    check-config must accept."""
 
     name: str
     kind: str
     description: str
     server: str = ""
     requires: str | None = None
+    relay: str = ""
 
 
 # arproxy configurations: add one line to bench another (e.g. a new [server] option).
@@ -301,6 +304,7 @@ def start_target(
             ARPROXY_CONFIG.format(
                 port=port,
                 server=target.server,
+                relay=target.relay,
                 sink_port=sink.port,
                 nameserver=knot.address,
                 max_connections=max(2000, idle + 100),

@@ -78,6 +78,8 @@ class RelayConfig:
     downstream: Downstream
     connect_timeout: float
     timeout: float
+    pool_size: int = 100  # idle SMTP connections kept open per worker (0: one per message)
+    pool_idle: float = 5.0  # seconds an idle pooled connection is kept
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,8 @@ def _relay(t: _Table) -> RelayConfig:
         downstream=t.downstream("downstream", "maildir:var/maildir"),
         connect_timeout=t.number("connect_timeout", 30.0, minimum=0.1),
         timeout=t.number("timeout", 300.0, minimum=0.1),
+        pool_size=t.integer("pool_size", 100, minimum=0, maximum=10000),
+        pool_idle=t.number("pool_idle", 5.0, minimum=0.1),
     )
 
 

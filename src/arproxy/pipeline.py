@@ -138,6 +138,9 @@ class Pipeline:
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+        # The sessions' deliveries are all closed: the relay's idle connections
+        # (relay.pool_size) get their QUIT, within what is left of `timeout`.
+        await self.relay.shutdown(max(0.0, deadline - loop.time()))
 
     def open_session(self, client_ip: str, port: int = 0, *, tls: bool = False) -> Session:
         """A new SMTP session from `client_ip`; its connect-time checks (iprev) start now."""

@@ -10,6 +10,7 @@ message and retries: nothing is acknowledged that was not handed on.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import logging
@@ -66,13 +67,36 @@ def set_origin(*, addr: str, port: int, helo: str | None, esmtp: bool, queue_id:
 
 
 def xforward_commands(offered: str, origin: dict[str, str] | None) -> list[str]:
-    """The XFORWARD argument strings for the attributes the downstream offered (its
-    EHLO `XFORWARD NAME ADDR ...` line), values in xtext (RFC 3461 section 4), one
-    attribute per command so no line nears the 512-octet limit of RFC 5321 4.5.3.1.4."""
+    """The XFORWARD `NAME=value` arguments for the attributes the downstream offered
+    (its EHLO `XFORWARD NAME ADDR ...` line), values in xtext (RFC 3461 section 4)."""
     if origin is None:
         return []
     allowed = {name.upper() for name in offered.split()}
     return [f"{name}={xtext(value)}" for name, value in origin.items() if name in allowed]
+
+
+XFORWARD_LINE_LIMIT = 512  # octets of a command line, CRLF included (RFC 5321 4.5.3.1.4)
+
+
+def xforward_lines(arguments: Sequence[str]) -> list[list[str]]:
+    """`arguments` grouped into as few XFORWARD commands as fit the command line limit
+    (Postfix XFORWARD_README: `XFORWARD 1*( SP name=value )`, and no command over 512
+    characters): one round trip each, instead of one per attribute. An argument that
+    cannot fit a command of its own (a HELO name of 255 octets all escaped) is left out."""
+    lines: list[list[str]] = []
+    length = 0
+    fixed = len("XFORWARD") + len("\r\n")
+    for argument in arguments:
+        size = 1 + len(argument)  # SP name=value
+        if fixed + size > XFORWARD_LINE_LIMIT:
+            log.info("XFORWARD %s... left out: over the command line limit", argument[:16])
+            continue
+        if not lines or fixed + length + size > XFORWARD_LINE_LIMIT:
+            lines.append([])
+            length = 0
+        lines[-1].append(argument)
+        length += size
+    return lines
 
 
 def xtext(value: str) -> str:
@@ -109,6 +133,10 @@ class Relay(Protocol):
     async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         """Start the downstream transaction for the first accepted `recipient`."""
 
+    async def shutdown(self, timeout: float) -> None:
+        """At stop, after the last transaction: close what is kept open between them,
+        within `timeout` seconds."""
+
 
 def make_relay(config: RelayConfig, helo_name: str) -> Relay:
     downstream = config.downstream
@@ -124,18 +152,35 @@ def make_relay(config: RelayConfig, helo_name: str) -> Relay:
 
 
 class SmtpRelay:
-    """Live relay to an SMTP server, one connection per transaction."""
+    """Live relay to an SMTP server over a small per-worker pool of open connections.
+
+    After a transaction that ended cleanly (DATA answered, or RSET answered 250) the
+    connection waits in the pool for the next one, at most `relay.pool_idle` seconds
+    and `POOL_MAX_TRANSACTIONS` transactions (`relay.pool_size` 0: one connection per
+    transaction). A pooled connection the downstream closed meanwhile (a 421 or EOF
+    to XFORWARD or MAIL, RFC 5321 section 3.8) is dropped and the transaction starts
+    again on a new connection: nothing of the message was sent at that point. Once
+    MAIL is accepted nothing is retried, and the DATA reply is the downstream's.
+    """
 
     def __init__(self, downstream: Downstream, config: RelayConfig, helo_name: str) -> None:
         assert downstream.address is not None
         self.downstream = downstream
         self.config = config
         self.helo_name = helo_name
+        self._idle: list[_Pooled] = []  # most recently used last
+        self._closing: set[asyncio.Task[None]] = set()
+        self.connections_opened = 0  # for tests and the bench: new downstream connections
 
     def prepare(self) -> None:
-        return None  # connections are opened per transaction
+        return None  # connections are opened on demand
 
     async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
+        while (pooled := self._checkout()) is not None:
+            opened = await self._begin(pooled, sender, mail_options, recipient, reused=True)
+            if opened is not None:
+                return opened
+            # The downstream closed it meanwhile: nothing was sent, try the next one.
         address = self.downstream.address
         assert address is not None
         client = aiosmtplib.SMTP(
@@ -149,46 +194,83 @@ class SmtpRelay:
             local_hostname=self.helo_name,
         )
         try:
-            started = await self._start(client, sender, mail_options, recipient)
+            await client.connect(timeout=self.config.connect_timeout)
+            self.connections_opened += 1
+            await client.ehlo(hostname=self.helo_name)
         except (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError) as exc:
             # A downstream that will not talk to us is a fault on our side of the
             # border: the sender must keep the message (4xx), not bounce it.
             client.close()
             return Opened(None, _failure(exc, str(self.downstream)))
-        except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            return Opened(None, _refusal(exc, f"MAIL FROM:<{sender}>"))
-        except ValueError:
-            client.close()  # aiosmtplib refuses control characters in the address
-            return Opened(None, UNSENDABLE_ADDRESS)
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             return Opened(None, _failure(exc, str(self.downstream)))
         except BaseException:
             client.close()  # cancelled (client gone, shutdown): no connection may leak
             raise
+        opened = await self._begin(_Pooled(client), sender, mail_options, recipient, reused=False)
+        assert opened is not None  # a new connection is never retried
+        return opened
+
+    async def _begin(
+        self,
+        pooled: _Pooled,
+        sender: str,
+        mail_options: Sequence[str],
+        recipient: str,
+        *,
+        reused: bool,
+    ) -> Opened | None:
+        """XFORWARD and MAIL on `pooled`; None when a `reused` connection turned out
+        closed by the downstream (421 or EOF) before anything of this transaction
+        was accepted, so that it starts again on another connection."""
+        client = pooled.client
+        try:
+            started = await self._start(client, sender, mail_options, recipient)
+        except aiosmtplib.SMTPResponseException as exc:
+            if reused and exc.code == 421:
+                _discard(client, "421", exc.message)
+                return None
+            client.close()
+            return Opened(None, _refusal(exc, f"MAIL FROM:<{sender}>"))
+        except ValueError:
+            client.close()  # aiosmtplib refuses control characters in the address
+            return Opened(None, UNSENDABLE_ADDRESS)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            if reused:
+                _discard(client, "EOF", str(exc))
+                return None
+            client.close()
+            return Opened(None, _failure(exc, str(self.downstream)))
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            return Opened(None, _failure(exc, str(self.downstream)))
+        except BaseException:
+            client.close()
+            raise
         plan, response = started
         if plan.refusal is not None:
-            # Refused by us before MAIL: the downstream never sees this transaction.
+            # Refused by us before MAIL: the downstream never saw this transaction,
+            # and the connection is as clean as before it.
             # Not logged here: the pipeline's outcome line is the one line (RFC 6531).
-            client.close()
+            self.release(pooled)
             return Opened(None, plan.refusal)
         assert response is not None
         return Opened(
-            _SmtpDelivery(client, str(self.downstream), plan),
+            _SmtpDelivery(self, pooled, str(self.downstream), plan),
             Reply.from_downstream(response.code, response.message),
         )
 
     async def _start(
         self, client: aiosmtplib.SMTP, sender: str, mail_options: Sequence[str], recipient: str
     ) -> tuple[extensions.DownstreamPlan, aiosmtplib.SMTPResponse | None]:
-        await client.connect(timeout=self.config.connect_timeout)
-        await client.ehlo(hostname=self.helo_name)
         offered = frozenset(keyword.upper() for keyword in client.esmtp_extensions)
-        await _xforward(client, client.esmtp_extensions.get("xforward"))
         plan = extensions.plan_downstream(sender, recipient, mail_options, offered)
         if plan.refusal is not None:
             return plan, None
+        # XFORWARD holds for one transaction (Postfix resets it at its end): sent
+        # each time, also on a reused connection.
+        await _xforward(client, client.esmtp_extensions.get("xforward"))
         # aiosmtpd hands the null reverse-path over as "<>"; aiosmtplib writes
         # MAIL FROM:<> for the empty string and refuses "<>" itself.
         envelope_sender = "" if sender == "<>" else sender
@@ -197,16 +279,104 @@ class SmtpRelay:
         )
         return plan, response
 
+    # --- the pool ---
+
+    def _checkout(self) -> _Pooled | None:
+        """The most recently used idle connection still open, or None."""
+        while self._idle:
+            pooled = self._idle.pop()
+            if pooled.expiry is not None:
+                pooled.expiry.cancel()
+                pooled.expiry = None
+            if pooled.client.is_connected:
+                return pooled
+            pooled.client.close()  # the downstream closed it while idle
+        return None
+
+    def release(self, pooled: _Pooled) -> None:
+        """A connection whose transaction ended cleanly (the downstream is between
+        transactions, RFC 5321 section 4.1.1.4 or 4.1.1.5): pooled, or QUIT."""
+        pooled.transactions += 1
+        if (
+            not pooled.client.is_connected
+            or pooled.transactions >= POOL_MAX_TRANSACTIONS
+            or len(self._idle) >= self.config.pool_size
+        ):
+            self._quit_later(pooled)
+            return
+        loop = asyncio.get_running_loop()
+        pooled.expiry = loop.call_later(self.config.pool_idle, self._expire, pooled)
+        self._idle.append(pooled)
+
+    def _expire(self, pooled: _Pooled) -> None:
+        pooled.expiry = None
+        if pooled in self._idle:
+            self._idle.remove(pooled)
+            self._quit_later(pooled)
+
+    def _quit_later(self, pooled: _Pooled) -> None:
+        task = asyncio.get_running_loop().create_task(_quit(pooled.client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def shutdown(self, timeout: float) -> None:
+        """QUIT every idle connection and wait for the QUITs under way, at most
+        `timeout` seconds; what is left is cancelled (its connection closed)."""
+        while self._idle:
+            pooled = self._idle.pop()
+            if pooled.expiry is not None:
+                pooled.expiry.cancel()
+            self._quit_later(pooled)
+        tasks = set(self._closing)
+        if not tasks:
+            return
+        if timeout > 0:
+            _, tasks = await asyncio.wait(tasks, timeout=timeout)
+        if tasks:
+            log.warning("clean-up cut short: %d idle downstream connection(s) closed", len(tasks))
+        for task in tasks:
+            task.cancel()  # _quit closes its connection on the way out
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+POOL_MAX_TRANSACTIONS = 100  # per downstream connection, then QUIT and a new one
+
+
+@dataclass(eq=False)
+class _Pooled:
+    """One downstream connection, with what the pool knows of it."""
+
+    client: aiosmtplib.SMTP
+    transactions: int = 0
+    expiry: asyncio.TimerHandle | None = None
+
+
+def _discard(client: aiosmtplib.SMTP, how: str, detail: str) -> None:
+    log.debug("pooled downstream connection closed by the downstream (%s %s)", how, detail)
+    client.close()
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        if client.is_connected:
+            await client.quit(timeout=CLOSE_TIMEOUT)
+    except (aiosmtplib.SMTPException, OSError):
+        pass  # the downstream cleans up
+    finally:
+        client.close()
+
 
 async def _xforward(client: aiosmtplib.SMTP, offered: str | None) -> None:
     """Tell a downstream that offers XFORWARD (Postfix, smtpd_authorized_xforward_hosts)
     who the client was; a refusal only costs the downstream's log that detail."""
     if offered is None:
         return
-    for argument in xforward_commands(offered, _ORIGIN.get()):
-        response = await client.execute_command(b"XFORWARD", argument.encode("ascii"))
+    for arguments in xforward_lines(xforward_commands(offered, _ORIGIN.get())):
+        response = await client.execute_command(
+            b"XFORWARD", *(argument.encode("ascii") for argument in arguments)
+        )
         if response.code != 250:
-            log.info("downstream refused XFORWARD %s: %s", argument, response.code)
+            log.info("downstream refused XFORWARD %s: %s", " ".join(arguments), response.code)
             return
 
 
@@ -216,11 +386,18 @@ def _encoding(plan: extensions.DownstreamPlan) -> str:
 
 
 class _SmtpDelivery:
-    def __init__(self, client: aiosmtplib.SMTP, name: str, plan: extensions.DownstreamPlan) -> None:
-        self.client = client
+    def __init__(
+        self, relay: SmtpRelay, pooled: _Pooled, name: str, plan: extensions.DownstreamPlan
+    ) -> None:
+        self.relay = relay
+        self.pooled = pooled
+        self.client = pooled.client
         self.name = name
         self.plan = plan
         self.finished = False
+        # Every command so far got a reply: the connection is in a known state.
+        # A timeout or a lost connection leaves it unknown (mid-DATA, say): not reused.
+        self.in_step = True
 
     async def add_recipient(self, recipient: str) -> Reply:
         try:
@@ -230,6 +407,7 @@ class _SmtpDelivery:
         except ValueError:
             return UNSENDABLE_ADDRESS
         except (aiosmtplib.SMTPException, OSError) as exc:
+            self.in_step = False
             return _failure(exc, self.name)
         return Reply.from_downstream(response.code, response.message)
 
@@ -243,21 +421,34 @@ class _SmtpDelivery:
         except aiosmtplib.SMTPResponseException as exc:
             reply = _refusal(exc, "DATA")
         except (aiosmtplib.SMTPException, OSError) as exc:
+            self.in_step = False
             reply = _failure(exc, self.name)
         self.finished = reply.is_success
         return reply
 
     async def close(self) -> None:
-        if not self.client.is_connected:
+        """The transaction is over: a clean connection goes back to the pool (after
+        RSET unless DATA succeeded), any other gets its QUIT. Idempotent."""
+        client = self.client
+        if not client.is_connected:
+            return
+        if not self.in_step:
+            client.close()  # its state is unknown (a timeout mid-DATA, say): no QUIT either
             return
         try:
             if not self.finished:
-                await self.client.rset(timeout=CLOSE_TIMEOUT)
-            await self.client.quit(timeout=CLOSE_TIMEOUT)
+                response = await client.rset(timeout=CLOSE_TIMEOUT)
+                if response.code != 250:
+                    await _quit(client)
+                    return
         except (aiosmtplib.SMTPException, OSError):
-            pass  # the transaction is over either way; the downstream cleans up
-        finally:
-            self.client.close()
+            client.close()  # the transaction is over either way; the downstream cleans up
+            return
+        except BaseException:
+            client.close()
+            raise
+        self.in_step = False  # released once only
+        self.relay.release(self.pooled)
 
 
 def _worst(replies: Sequence[Reply]) -> Reply:
@@ -297,6 +488,9 @@ class LmtpRelay:
 
     def prepare(self) -> None:
         return None
+
+    async def shutdown(self, timeout: float) -> None:
+        return None  # one connection per transaction: nothing kept open
 
     async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         try:
@@ -425,6 +619,9 @@ class MaildirRelay:
     def prepare(self) -> None:
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def shutdown(self, timeout: float) -> None:
+        return None
 
     async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         # A Maildir stores bytes: 8-bit and UTF-8 (RFC 6531, RFC 6532) need nothing more.

@@ -275,6 +275,7 @@ class ArproxySMTP(SMTPAdapter):
         # close ends in connection_lost, which cancels this session task.
         transport = self.transport
         if transport is not None:
+            self.flush_replies()
             transport.close()
         await self.loop.create_future()
         raise ConnectionResetError("connection closed")  # not reached: cancelled first
@@ -304,6 +305,7 @@ class ArproxySMTP(SMTPAdapter):
 
     def after_reply(self) -> None:
         if self._close_after_reply and self.transport is not None:
+            self.flush_replies()
             self.transport.close()
 
     def on_idle_timeout(self) -> None:
@@ -317,6 +319,7 @@ class ArproxySMTP(SMTPAdapter):
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             if not logged:
                 log.info("%s reply %r, closing", self.log_prefix, str(reply))
+            self.flush_replies()  # the replies owed before this one
             transport.write(str(reply).encode("ascii") + b"\r\n")
             transport.close()
 

@@ -17,13 +17,19 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
 - `_authenticate`, `auth_PLAIN`, `auth_LOGIN`: the synchronous credential hook is
   bypassed so credentials are checked off the event loop.
 - `push`: every reply passes here (enhanced codes on aiosmtpd's own replies, a log
-  line for each refusal).
+  line for each refusal), and is written here: replies to pipelined commands go out
+  in one write (RFC 2920), as do the lines of the EHLO reply.
 - `smtp_EHLO`, `smtp_HELO`: no enhanced code inside the greeting reply.
 - `smtp_STARTTLS`: refused inside TLS (RFC 3207 section 4.2: one TLS layer only).
 - `smtp_MAIL`, `smtp_RCPT`: the path is read by RFC 5321 section 4.1.2 before
   aiosmtpd's lenient parser sees it, and the parameters are kept as the client
   sent them (aiosmtpd upper-cases them, values included).
 - `challenge_auth`: the lines it reads are AUTH data, never to be logged.
+- `inspect` and `dir` (as `aiosmtpd.smtp` names them): `SMTP.__init__` builds its
+  command, hook and AUTH tables on every connection with `inspect.getmembers` and
+  `dir` on the instance and the handler, and reads the EHLO hook's signature (0.1 ms,
+  most of the constructor, evaluating every property on the way). `_MemberTables`
+  answers them from tables made once per class.
 
 `tests/unit/test_smtpd.py` fails if any of these disappears from aiosmtpd, and
 pyproject pins aiosmtpd below 1.5.
@@ -32,14 +38,17 @@ pyproject pins aiosmtpd below 1.5.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
 from typing import Any, AnyStr, NoReturn
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, Session
 
 from arproxy.replies import TLS_ALREADY_ACTIVE, too_many_errors
-from arproxy.streams import adopt_reader, adopt_tls_protocol
+from arproxy.streams import ClientReader, adopt_reader, adopt_tls_protocol
 
 # What aiosmtpd itself provides and arproxy overrides, reads or calls (see above).
 AIOSMTPD_HOOKS = (
@@ -65,6 +74,7 @@ AIOSMTPD_HOOKS = (
     "connection_made",
     "connection_lost",
     "_handle_client",
+    "__init__",  # its use of inspect: _MemberTables
 )
 # Instance attributes set by aiosmtpd that arproxy reads.
 AIOSMTPD_ATTRIBUTES = (
@@ -107,6 +117,59 @@ _AIOSMTPD_GOODBYE = "502 5.5.1 Too many unrecognized commands, goodbye."
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
+class _MemberTables(ModuleType):
+    """`inspect` as aiosmtpd.smtp sees it: `getmembers` gives the `auth_` members
+    (the only ones its constructor keeps) from a list of names made once per class,
+    `signature` is computed once per function; the rest is `inspect` itself."""
+
+    def __init__(self) -> None:
+        super().__init__("inspect")
+        self._auth_names: dict[type, tuple[str, ...]] = {}
+        self._class_names: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+        self._signatures: dict[Any, inspect.Signature] = {}
+
+    def names(self, obj: Any) -> list[str]:
+        """`dir(obj)`'s names (unsorted: aiosmtpd only filters them by prefix): the
+        class's, listed once, and the instance's own."""
+        listed = self._class_names.get(type(obj))
+        if listed is None:
+            names = tuple(dir(type(obj)))
+            listed = self._class_names[type(obj)] = (names, frozenset(names))
+        names, known = listed
+        own = getattr(obj, "__dict__", {})
+        return [*names, *(name for name in own if name not in known)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(inspect, name)
+
+    def getmembers(self, obj: Any) -> list[tuple[str, Any]]:
+        names = self._auth_names.get(type(obj))
+        if names is None:
+            # Class attributes only: an instance's own `auth_` attribute (none in
+            # aiosmtpd or arproxy) would come from its class's table, not from it.
+            names = tuple(name for name in dir(type(obj)) if name.startswith("auth_"))
+            self._auth_names[type(obj)] = names
+        return [(name, getattr(obj, name)) for name in names]
+
+    def signature(self, obj: Any) -> inspect.Signature:
+        # A bound method's signature (self left out) is its function's, once bound.
+        key = (getattr(obj, "__func__", obj), hasattr(obj, "__self__"))
+        found = self._signatures.get(key)
+        if found is None:
+            found = self._signatures[key] = inspect.signature(obj)
+        return found
+
+
+def _install_member_tables() -> None:
+    """Give aiosmtpd.smtp the `inspect` above (once; at the first connection, not at
+    import, so importing arproxy changes nothing)."""
+    module: Any = aiosmtpd.smtp
+    if not isinstance(module.inspect, _MemberTables):
+        tables = _MemberTables()
+        module.inspect = tables
+        module.dir = tables.names  # a module global: found before the builtin
+
+
 class SMTPAdapter(SMTP):
     """aiosmtpd's SMTP with its private hooks turned into methods for a subclass."""
 
@@ -114,12 +177,16 @@ class SMTPAdapter(SMTP):
         # aiosmtpd's DATA line limit (read by its constructor): the text of a line,
         # plus CRLF, plus a transparency dot (RFC 5321 section 4.5.2).
         self.line_length_limit = max_line_length + 3
+        _install_member_tables()
         super().__init__(handler, **kwargs)
         self._in_greeting_reply = False
         self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
         # The MAIL/RCPT parameters as the client wrote them (aiosmtpd upper-cases).
         self.command_parameters: list[str] = []
         self.reading_auth_data = False  # inside an AUTH exchange (challenge_auth)
+        # Replies written but not yet sent: while the client's next command is
+        # already buffered, or within the EHLO reply (one write for all of them).
+        self._held: list[bytes] = []
 
     # --- what a subclass provides (the reader's owner: arproxy.streams.LineOwner) ---
 
@@ -171,6 +238,17 @@ class SMTPAdapter(SMTP):
     def session_task(self) -> asyncio.Task[None] | None:
         task: asyncio.Task[None] | None = self._handler_coroutine
         return task
+
+    @property
+    def replies_held(self) -> bool:
+        return bool(self._held)
+
+    def flush_replies(self) -> None:
+        """Send the replies held back (before waiting for the client, and before
+        any close that does not pass through `push`)."""
+        if self._held:
+            data, self._held = b"".join(self._held), []
+            self._writer.write(data)
 
     def set_timeout(self, seconds: float | None = None) -> None:
         """The idle bound from now on (None: the command timeout)."""
@@ -292,12 +370,19 @@ class SMTPAdapter(SMTP):
         await self._greeting(super().smtp_HELO, hostname)
 
     async def _greeting(self, command: Callable[[str], Awaitable[None]], hostname: str) -> None:
-        # The EHLO lines (250-PIPELINING...) and the HELO reply get no enhanced code.
+        # The EHLO lines (250-PIPELINING...) and the HELO reply get no enhanced code,
+        # and go out in one write (aiosmtpd pushes one line at a time).
         self._in_greeting_reply = True
         try:
             await command(hostname)
         finally:
             self._in_greeting_reply = False
+            if not self._reader_has_line():
+                self.flush_replies()
+
+    def _reader_has_line(self) -> bool:
+        reader = self._reader
+        return isinstance(reader, ClientReader) and reader.has_line()
 
     async def push(self, status: AnyStr) -> None:
         if self.reading_over:
@@ -311,8 +396,25 @@ class SMTPAdapter(SMTP):
                 status = with_enhanced_code(status)
             status = wire_safe(status)
             self.log_reply(status)
-        await super().push(status)
+            # As aiosmtpd's push encodes (UTF-8 only once SMTPUTF8 is offered).
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            response = status
+        self._held.append(response + b"\r\n")
+        if not self._may_hold(response):
+            self.flush_replies()
+            await self._writer.drain()
         self.after_reply()
+
+    def _may_hold(self, response: bytes) -> bool:
+        """Whether a reply may wait for the next one: within the EHLO reply, or while
+        the client's next command is already buffered (RFC 2920 section 3.2: the
+        server may buffer replies to a group of pipelined commands). Never a reply
+        after which the connection closes or the TLS layer starts (221, 421, 220):
+        it goes out at once, with those held before it."""
+        if response[:3] in (b"220", b"221", b"421"):
+            return False
+        return self._in_greeting_reply or self._reader_has_line()
 
 
 def with_enhanced_code(status: str) -> str:

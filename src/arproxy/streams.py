@@ -47,6 +47,13 @@ class LineOwner(Protocol):
     async def on_bare_newline(self, line: bytes) -> NoReturn:
         """A command or AUTH line ended in LF without CR."""
 
+    @property
+    def replies_held(self) -> bool:
+        """Replies are held back to go out in one write (RFC 2920 pipelining)."""
+
+    def flush_replies(self) -> None:
+        """Write the replies held back."""
+
 
 class ClientReader(asyncio.StreamReader):
     """aiosmtpd's StreamReader with SMTP's view of line ends and of EOF.
@@ -66,7 +73,22 @@ class ClientReader(asyncio.StreamReader):
     _overrun: bool = False
     _last_octet: bytes = b""
 
+    def has_line(self) -> bool:
+        """Whether a whole line (up to LF) is buffered: a pipelined command that is
+        read without waiting (RFC 2920)."""
+        return b"\n" in self._buffered()
+
+    def _buffered(self) -> bytearray:
+        # StreamReader's buffer (private; the stubs do not list it, test_streams does).
+        me: Any = self
+        buffer: bytearray = me._buffer
+        return buffer
+
     async def readuntil(self, separator: Any = b"\n") -> bytes:
+        if self.owner.replies_held and separator not in self._buffered():
+            # About to wait for the client: what it is owed goes out first, in one
+            # write (RFC 2920 section 3.2: no reply held while waiting for input).
+            self.owner.flush_replies()
         try:
             line = await super().readuntil(separator)
         except asyncio.IncompleteReadError as eof:
@@ -88,7 +110,7 @@ class ClientReader(asyncio.StreamReader):
         return line
 
     async def readexactly(self, n: int) -> bytes:
-        # aiosmtpd reads the PROXY header with it.
+        # aiosmtpd reads the PROXY header with it (no reply is owed before it).
         try:
             return await super().readexactly(n)
         except asyncio.IncompleteReadError as eof:

@@ -67,13 +67,13 @@ class SinkMessage:
 class SmtpSink:
     """Postfix's smtp-sink on a free loopback port, dumping each message to a file."""
 
-    def __init__(self, workdir: Path, options: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, options: Sequence[str] = (), port: int | None = None) -> None:
         # smtp-sink drops privileges to nobody, who cannot enter pytest's private
         # tmp_path: the dump directory lives in a world-accessible one of its own.
         workdir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = Path(tempfile.mkdtemp(prefix="arproxy-sink-"))
         self.dump_dir.chmod(0o777)
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: a sink restarted in place
         command = [
             SMTP_SINK,
             "-u",

@@ -20,7 +20,7 @@ from arproxy.config import ConfigError, HostPort, parse_config
 from arproxy.logformat import JsonFormatter
 from arproxy.metrics import Metrics, downstream_error_kind, transaction_label
 from arproxy.outcome import ClientFacts, Decider, RecipientOutcome, log_fields
-from arproxy.relay import xforward_commands
+from arproxy.relay import XFORWARD_LINE_LIMIT, xforward_commands, xforward_lines
 from arproxy.replies import (
     DOWNSTREAM_TIMEOUT,
     DOWNSTREAM_UNAVAILABLE,
@@ -182,3 +182,23 @@ def test_xforward_sends_the_offered_attributes_in_xtext() -> None:
         "IDENT=Q1",
     ]
     assert xforward_commands("ADDR", None) == []
+
+
+def test_xforward_attributes_share_commands_within_the_line_limit() -> None:
+    """Postfix XFORWARD_README: `XFORWARD 1*( SP attribute-name"="attribute-value )`,
+    no command over the 512-character limit (RFC 5321 section 4.5.3.1.4, CRLF included)."""
+    short = ["NAME=[UNAVAILABLE]", "ADDR=192.0.2.1", "PORT=4000", "PROTO=ESMTP", "IDENT=Q1"]
+    assert xforward_lines(short) == [short]
+    helo = "HELO=" + "a" * 250
+    lines = xforward_lines([*short, helo, helo, "SOURCE=REMOTE"])
+    assert [argument for line in lines for argument in line] == [
+        *short,
+        helo,
+        helo,
+        "SOURCE=REMOTE",
+    ]
+    assert len(lines) == 2
+    for line in lines:
+        assert len("XFORWARD " + " ".join(line) + "\r\n") <= XFORWARD_LINE_LIMIT
+    # One attribute too long for any command (255 octets, each escaped as +HH).
+    assert xforward_lines(["HELO=" + "+3D" * 255, "IDENT=Q1"]) == [["IDENT=Q1"]]

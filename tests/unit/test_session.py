@@ -75,6 +75,9 @@ class FakeRelay:
     def prepare(self) -> None:
         pass
 
+    async def shutdown(self, timeout: float) -> None:
+        pass
+
     async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         reply = _answer(self.mail)
         if not reply.is_success:

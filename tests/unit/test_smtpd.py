@@ -7,14 +7,20 @@ not name. The source checks pin the behaviour the overrides assume.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
+from typing import Any
 
+import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP
 
 from arproxy import smtpd
-from arproxy.server import ArproxySMTP
+from arproxy.admission import SessionRegistry
+from arproxy.config import parse_config
+from arproxy.pipeline import Pipeline
+from arproxy.server import ArproxySMTP, SessionHandler
 
 
 @pytest.mark.parametrize("name", smtpd.AIOSMTPD_HOOKS)
@@ -121,3 +127,58 @@ def test_every_reply_code_aiosmtpd_writes_gets_an_enhanced_code() -> None:
 )
 def test_replies_carry_printable_ascii_only(status: str, expected: str) -> None:
     assert smtpd.wire_safe(status) == expected
+
+
+def test_constructor_uses_inspect_and_dir_as_the_member_tables_assume() -> None:
+    source = inspect.getsource(SMTP.__init__)
+    assert "for mname, mfunc in inspect.getmembers(obj)" in source
+    assert 'if mname.startswith("auth_")' in source
+    assert "for m in dir(handler)" in source
+    assert "for m in dir(self)" in source
+    assert "inspect.signature(ehlo_hook).parameters" in source
+
+
+def _tables_of(server: SMTP) -> tuple[object, ...]:
+    """The tables, with each method bound to the instance named by its function."""
+
+    def function(method: Any) -> Any:
+        return getattr(method, "__func__", method)
+
+    return (
+        {n: (function(i.method), i.is_builtin) for n, i in server._auth_methods.items()},
+        {n: function(m) for n, m in server._handle_hooks.items()},
+        {n: function(m) for n, m in server._smtp_methods.items()},
+        server._ehlo_hook_ver,
+    )
+
+
+def test_member_tables_give_what_stock_inspect_and_dir_give() -> None:
+    """The tables aiosmtpd builds per connection are the same with arproxy's
+    once-per-class lists (smtpd._MemberTables) as with the stock functions."""
+
+    async def build() -> tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...]]:
+        config = parse_config('[server]\nhostname = "mx.example.com"\n', "t")
+        handler = SessionHandler(Pipeline(config))
+        loop = asyncio.get_running_loop()
+        module: Any = aiosmtpd.smtp
+        first = ArproxySMTP(handler, SessionRegistry(None), hostname="mx", loop=loop)
+        assert isinstance(module.inspect, smtpd._MemberTables)
+        second = ArproxySMTP(handler, SessionRegistry(None), hostname="mx", loop=loop)
+        tables, names = module.inspect, module.dir
+        module.inspect = inspect
+        del module.dir  # the builtin again
+        try:
+            stock = ArproxySMTP.__new__(ArproxySMTP)
+            stock.line_length_limit = first.line_length_limit
+            SMTP.__init__(stock, handler, hostname="mx", loop=loop)
+        finally:
+            module.inspect, module.dir = tables, names
+        await handler.pipeline.resources.close()
+        return _tables_of(first), _tables_of(second), _tables_of(stock)
+
+    first, second, stock = asyncio.run(build())
+    assert first == stock and second == stock
+    auth, hooks, commands, _ = stock
+    assert isinstance(auth, dict) and sorted(auth) == ["LOGIN", "PLAIN"]
+    assert isinstance(hooks, dict) and "EHLO" in hooks and "DATA" in hooks
+    assert isinstance(commands, dict) and "MAIL" in commands and "STARTTLS" in commands

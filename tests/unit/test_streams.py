@@ -27,6 +27,15 @@ class Owner:
         self.reading_over = False
         self.reading_auth_data = False
         self.events: list[tuple[str, bytes]] = []
+        self.held: list[bytes] = []
+
+    @property
+    def replies_held(self) -> bool:
+        return bool(self.held)
+
+    def flush_replies(self) -> None:
+        self.events.append(("flush", b"".join(self.held)))
+        self.held.clear()
 
     async def on_client_eof(self, partial: bytes) -> NoReturn:
         self.events.append(("eof", partial))
@@ -191,3 +200,31 @@ def test_abort_accepts_the_error_argument_of_either_asyncio() -> None:
     finally:
         loop.close()
     assert calls == [("abort",), ("abort",)]
+
+
+@run
+async def test_held_replies_go_out_before_waiting_for_the_client() -> None:
+    """RFC 2920 section 3.2: replies to a pipelined group may be held while its next
+    command is buffered, never while the server waits for input."""
+    owner = Owner()
+    pipelined = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDA"
+    reader = reader_with(pipelined, owner, eof=False)
+    assert reader.has_line()
+    owner.held.append(b"250 ok\r\n")
+    assert await reader.readuntil() == b"MAIL FROM:<a@b.example>\r\n"
+    assert owner.events == []  # RCPT is buffered: nothing written yet
+    owner.held.append(b"250 ok\r\n")
+    assert await reader.readuntil() == b"RCPT TO:<c@d.example>\r\n"
+    assert owner.events == []
+    assert not reader.has_line()  # "DA": half a line
+    owner.held.append(b"250 rcpt ok\r\n")
+    read = asyncio.ensure_future(reader.readuntil())
+    await asyncio.sleep(0)
+    assert owner.events == [("flush", b"250 ok\r\n250 ok\r\n250 rcpt ok\r\n")]
+    reader.feed_data(b"TA\r\n")
+    assert await read == b"DATA\r\n"
+
+
+def test_stream_reader_buffer_is_what_has_line_reads() -> None:
+    """ClientReader.has_line reads asyncio.StreamReader's private buffer."""
+    assert "self._buffer = bytearray()" in inspect.getsource(asyncio.StreamReader.__init__)
