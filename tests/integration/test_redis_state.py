@@ -136,10 +136,9 @@ def test_the_per_client_limit_counts_sessions_on_both_instances(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink, redis_server: RedisServer
 ) -> None:
     a, b = two_instances(make_arproxy, smtp_sink, redis_server, limits="max_connections_per_ip = 2")
-    held = [
-        smtplib.SMTP("127.0.0.1", a.port, timeout=30),
-        smtplib.SMTP("127.0.0.1", b.port, timeout=30),
-    ]
+    # The instances' start-up probes were sessions too: their leases go back as their
+    # connections close, asynchronously, so take each place once it is free.
+    held = [_connect_when_free(a.port), _connect_when_free(b.port)]
     try:
         for client in held:
             assert client.noop()[0] == 250
@@ -153,6 +152,16 @@ def test_the_per_client_limit_counts_sessions_on_both_instances(
     # One place free again (the lease went back when the session ended), on either.
     wait_for(lambda: _accepts(b.port), "a place freed by the session that ended")
     held[1].quit()
+
+
+def _connect_when_free(port: int, attempts: int = 100) -> smtplib.SMTP:
+    """A session on `port` as soon as the per-client limit has a place (bounded)."""
+    for _ in range(attempts):
+        try:
+            return smtplib.SMTP("127.0.0.1", port, timeout=30)
+        except smtplib.SMTPConnectError:
+            time.sleep(0.1)
+    raise AssertionError(f"no place on {port} after {attempts} attempts")
 
 
 def _accepts(port: int) -> bool:
