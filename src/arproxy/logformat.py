@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             fields = log_fields(outcome)
             clash = RECORD_KEYS & fields.keys()
             if clash:
-                raise LogFieldCollision(f"outcome fields {sorted(clash)} would overwrite the record's")
+                raise LogFieldCollision(f"outcome fields {sorted(clash)} are record keys")
             entry.update(fields)
         else:
             entry["message"] = record.getMessage()

@@ -30,7 +30,6 @@ from arproxy.replies import (
 
 from .test_outcome import CLIENT, Result, transaction
 
-
 WRITTEN = 1796032800.123  # 2026-11-30T10:00:00.123 UTC, when a test record was made
 
 
