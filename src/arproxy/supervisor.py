@@ -33,8 +33,10 @@ told it (a byte on the readiness pipe, then SIGUSR1 to wake it) that it is servi
 STOPPING=1 on SIGTERM/SIGINT; the workers run with NOTIFY_SOCKET unset, so they never
 notify.
 
-The signals are blocked in the parent and read synchronously (`sigtimedwait`), so
-none is lost between two checks; a worker inherits the blocked mask and unblocks it
+The signals are blocked in the parent first thing (`block_signals`, before any thread
+-- the metrics endpoint's -- exists, so every thread inherits the mask and none takes
+a signal's default action) and read synchronously (`sigtimedwait`), so none is lost
+between two checks; a worker inherits the blocked mask and unblocks it
 only once its event loop has its handlers, so an early SIGTERM is a drain, not a
 default-action death. Each worker asks the kernel for SIGTERM when the parent dies
 (PR_SET_PDEATHSIG), so a killed supervisor leaves no orphan serving.
@@ -52,6 +54,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +91,12 @@ def run(config: Config, config_path: Path | None = None) -> int:
     configuration is unusable (nothing was forked). `config_path`: the file SIGHUP
     rereads (None: the embedded default, which cannot change).
     """
+    # First, before any thread exists (the metrics endpoint's, or any other): a thread
+    # inherits the mask of the thread that starts it, and a process-directed signal is
+    # delivered to any thread that does not block it -- where SIGUSR1/SIGTERM/SIGHUP
+    # take their default action and kill the supervisor. Blocked everywhere, they wait
+    # for `sigtimedwait` in Supervisor._run. Never unblocked: the process exits after.
+    block_signals()
     try:
         load_files(config)
     except StartupError as exc:
@@ -108,13 +117,26 @@ def run(config: Config, config_path: Path | None = None) -> int:
         for sock in (*listeners.main, *listeners.implicit):
             sock.close()
         return EXIT_FAILED
-    supervisor = Supervisor(config, listeners, shared, served, config_path=config_path)
-    try:
-        return supervisor.run()
+    try:  # every way out of the supervisor removes its private directory (`close`)
+        return Supervisor(config, listeners, shared, served, config_path=config_path).run()
     finally:
         for sock in (*listeners.main, *listeners.implicit):
             sock.close()
         served.close()
+
+
+def block_signals() -> None:
+    """Block SIGNALS in the calling thread, and so in every thread it starts later.
+    Call before any thread exists; one that already runs keeps its mask and may take a
+    signal's default action (logged as an error, with the threads' names)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if others:
+        log.error(
+            "supervisor: thread(s) %s started before the signals were blocked: a signal "
+            "may kill the supervisor",
+            ", ".join(others),
+        )
 
 
 @dataclass
@@ -125,6 +147,7 @@ class SupervisorMetrics:
     endpoint: metrics.Endpoint | None = None
     directory: Path | None = None
     private: bool = False  # a temporary directory of ours, removed by `close`
+    owner: int = 0  # the pid that made it: a forked worker never removes it
 
     @classmethod
     def start(cls, config: Config) -> SupervisorMetrics:
@@ -136,7 +159,9 @@ class SupervisorMetrics:
         directory = config.metrics.multiprocess_dir
         private = directory is None and not os.environ.get(metrics.MULTIPROC_ENV)
         if private:
-            directory = Path(tempfile.mkdtemp(prefix="arproxy-metrics-"))
+            # The pid in the name tells an operator whose directory a stale one was
+            # (a supervisor killed with SIGKILL cannot remove it; README, Metrics).
+            directory = Path(tempfile.mkdtemp(prefix=f"arproxy-metrics-{os.getpid()}-"))
         chosen = metrics.use_multiprocess_dir(directory)
         assert chosen is not None
         metrics.clear_multiprocess_dir(chosen)
@@ -147,7 +172,7 @@ class SupervisorMetrics:
                 shutil.rmtree(chosen, ignore_errors=True)
             raise
         log.info("metrics on http://%s/metrics (sum of %s)", config.metrics.listen, chosen)
-        return cls(endpoint, chosen, private)
+        return cls(endpoint, chosen, private, os.getpid())
 
     def in_child(self) -> None:
         """In a forked worker: drop our copy of the endpoint's socket (the worker never
@@ -157,9 +182,13 @@ class SupervisorMetrics:
                 os.close(self.endpoint.server.fileno())
 
     def close(self) -> None:
+        """Stop the endpoint and remove a private directory; only in the process that
+        made it (a worker that somehow unwound into this code leaves it to its parent).
+        A private directory left by a run that was killed is not removed by the next:
+        another instance may be using one of the same prefix (README, Metrics)."""
         if self.endpoint is not None:
             self.endpoint.close()
-        if self.private and self.directory is not None:
+        if self.private and self.directory is not None and os.getpid() == self.owner:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -269,7 +298,7 @@ class Supervisor:
 
     def _run(self) -> int:
         self.slots = [_Slot(index) for index in range(self.config.server.workers)]
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # already, by `run`: idempotent
         log.info(
             "supervisor pid %d: starting %d workers on %s%s",
             os.getpid(),
