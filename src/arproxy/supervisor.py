@@ -1,8 +1,9 @@
 """The supervisor: `server.workers` processes serving the same listening sockets.
 
 With `server.workers > 1`, `arproxy serve` becomes this parent process. It
-1. validates what the workers will read (TLS pair, users file: `service.load_files`),
-   so a bad file is one error and exit 2 before anything is forked;
+1. validates what the workers will read (TLS pair, users file, signing keys:
+   `service.check_files`), so a bad file is one error and exit 2 before anything is
+   forked;
 2. binds the listeners once (`server.listen`, `tls.implicit_listen`) and makes the
    shared tables (arproxy.shared) -- nothing else: no event loop, no thread, no
    resolver exists before the fork, each worker builds its own in `service.serve`;
@@ -18,8 +19,9 @@ With `server.workers > 1`, `arproxy serve` becomes this parent process. It
    rereads it for its new sessions, TLS pair and users file (service.Reloader);
 5. restarts a worker that died while not asked to stop, after a delay that doubles
    with each quick failure of that worker (RESTART_FIRST_DELAY up to
-   RESTART_MAX_DELAY), and gives up -- stops the others, exit 1 -- after
-   MAX_QUICK_FAILURES failures in a row, each within STABLE_AFTER seconds of its start;
+   RESTART_MAX_DELAY), and gives up -- stops the others, exit 1 -- at the
+   MAX_QUICK_FAILURES-th failure in a row, each within STABLE_AFTER seconds of its start
+   (so MAX_QUICK_FAILURES - 1 restarts);
 6. after SIGTERM exits 0 when every worker exited 0, else 1; a worker still running
    `server.shutdown_grace` + KILL_AFTER_GRACE seconds after the signal is killed.
 
@@ -63,7 +65,7 @@ from typing import NoReturn
 
 from arproxy import metrics, sdnotify
 from arproxy.config import Config, ConfigError, HostPort, for_reload, load_config
-from arproxy.service import Listeners, StartupError, load_files, serve
+from arproxy.service import Listeners, StartupError, check_files, serve
 from arproxy.shared import SharedState, WorkerShare
 
 log = logging.getLogger("arproxy.supervisor")
@@ -98,7 +100,7 @@ def run(config: Config, config_path: Path | None = None) -> int:
     # for `sigtimedwait` in Supervisor._run. Never unblocked: the process exits after.
     block_signals()
     try:
-        load_files(config)
+        check_files(config)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
@@ -363,20 +365,23 @@ class Supervisor:
             self._forward(signal.SIGHUP)
 
     def _reload(self) -> bool:
-        """Check the configuration file before any worker rereads it; False: invalid,
-        logged, nothing changes."""
-        if self.config_path is None:
-            return True  # the embedded default: only the TLS pair and users reload
+        """Check the configuration file and every file it names (`service.check_files`:
+        TLS pair, users file, signing keys) before any worker rereads them; False:
+        invalid, one error line, nothing changes -- the workers started later get the
+        last good configuration."""
+        candidate, restart = self.config, list[str]()
         try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
+            if self.config_path is not None:  # None: the embedded default cannot change
+                candidate, restart = for_reload(self.config, load_config(self.config_path))
+            check_files(candidate)
+        except (ConfigError, StartupError) as exc:
             log.error("supervisor: SIGHUP: keeping the old configuration: %s", exc)
             return False
-        self.config, restart = for_reload(self.config, new)
         if restart:
             log.warning(
                 "reload: %s need(s) a restart; keeping the old value(s)", ", ".join(restart)
             )
+        self.config = candidate
         return True
 
     def _stop(self) -> None:
@@ -421,10 +426,10 @@ class Supervisor:
             return
         now = self.clock()
         slot.quick_failures = 1 if now - slot.started >= STABLE_AFTER else slot.quick_failures + 1
-        if slot.quick_failures > MAX_QUICK_FAILURES:
+        if slot.quick_failures >= MAX_QUICK_FAILURES:  # README: "failed 5 times in a row"
             log.error(
-                "worker %d (pid %d) died (%s), the %d. time in a row within %.0fs of its "
-                "start: giving up, stopping the others",
+                "worker %d (pid %d) died (%s): %d failures in a row, each within %.0fs of "
+                "its start: giving up, stopping the others",
                 slot.index,
                 pid,
                 how,
