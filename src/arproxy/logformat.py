@@ -5,6 +5,10 @@ A transaction's summary line is logged with its typed outcome attached
 fields (`outcome.log_fields`) instead of re-parsing the text, so both forms carry the
 same facts. Every other line becomes {"time", "level", "logger", "message", "id"},
 `id` being the queue id of the transaction in progress (arproxy.logcontext).
+One key, one meaning: an outcome field may not reuse a key of the record itself
+(RECORD_KEYS: "time" is when the line was written, the outcome's duration is
+"elapsed"); the formatter refuses such a line (LogFieldCollision) rather than let
+one overwrite the other.
 """
 
 from __future__ import annotations
@@ -18,8 +22,14 @@ from typing import Literal
 from arproxy import logcontext
 from arproxy.outcome import RecipientOutcome, TransactionOutcome, log_fields
 
+# The keys the formatter writes itself; `outcome.log_fields` must use none of them.
+RECORD_KEYS = frozenset({"time", "level", "logger", "pid", "event", "message", "exception"})
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 TEXT_FORMAT_WITH_PID = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class LogFieldCollision(ValueError):
+    """An outcome field named like a key of the record (a programming error)."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +46,11 @@ class JsonFormatter(logging.Formatter):
         outcome = getattr(record, "outcome", None)
         if isinstance(outcome, RecipientOutcome | TransactionOutcome):
             entry["event"] = "transaction" if isinstance(outcome, TransactionOutcome) else "rcpt"
-            entry.update(log_fields(outcome))
+            fields = log_fields(outcome)
+            clash = RECORD_KEYS & fields.keys()
+            if clash:
+                raise LogFieldCollision(f"outcome fields {sorted(clash)} are record keys")
+            entry.update(fields)
         else:
             entry["message"] = record.getMessage()
             queue_id = logcontext.current_queue_id()

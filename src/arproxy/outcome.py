@@ -139,7 +139,9 @@ def log_fields(outcome: Outcome) -> dict[str, object]:
     """The same facts as `log_line`, as one JSON-ready object (`log.format = "json"`):
     strings as received (JSON escapes them), each result with its reason, durations
     in seconds. Shape: {"id", "client", "stage", "helo", "from", "to" | "recipients",
-    "verdict", "reply": {"code", "enhanced", "text"}, ...}."""
+    "verdict", "reply": {"code", "enhanced", "text"}, ...}; a transaction's durations
+    are "elapsed" (arrival to decision) and "relay_time" (the downstream's answer), in
+    seconds. No key may be one of logformat.RECORD_KEYS (one key, one meaning)."""
     fields: dict[str, object] = {
         "id": outcome.queue_id,
         "client": outcome.client.ip,
@@ -156,7 +158,8 @@ def log_fields(outcome: Outcome) -> dict[str, object]:
             results=[_result_fields(result) for result in outcome.results],
             forged_ids=list(outcome.forged),
             relay=outcome.relay or None,
-            time=round(outcome.elapsed, 6),
+            # Not "time": the JSON line's "time" is when it was written (logformat).
+            elapsed=round(outcome.elapsed, 6),
             relay_time=round(outcome.relay_time, 6),
         )
     fields["verdict"] = _verdict(outcome)

@@ -24,7 +24,7 @@ from arproxy.pipeline import Pipeline
 from arproxy.resources import WorkerResources
 from arproxy.server import SessionHandler, make_protocol_factory
 from arproxy.shared import WorkerShare
-from arproxy.signing import SigningKeyError
+from arproxy.signing import SigningKeyError, load_signing
 from arproxy.smtpauth import Authenticator
 from arproxy.streams import serve_tls
 from arproxy.tls import ReloadableContext, TlsError, ensure_self_signed
@@ -78,6 +78,20 @@ def load_files(config: Config) -> tuple[UsersFile | None, ReloadableContext | No
     except (TlsError, UsersFileError) as exc:
         raise StartupError(str(exc)) from exc
     return users, tls
+
+
+def check_files(config: Config) -> None:
+    """Every file `config` names that a worker reads when it starts: the TLS pair, the
+    users file (`load_files`) and the `[dkim_sign]` / `[arc]` signing keys
+    (`signing.load_signing`). The supervisor runs it at start-up and on SIGHUP before
+    any worker is forked or signalled, so a bad file is one error line, not one per
+    worker, and never becomes the configuration of a worker started later. Raises
+    StartupError (one line naming the file)."""
+    load_files(config)
+    try:
+        load_signing(config)
+    except SigningKeyError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def reload_security(config: Config, handler: SessionHandler) -> None:
@@ -200,7 +214,11 @@ async def serve(
     except StartupError:
         await resources.close()
         raise
-    pipeline = Pipeline(config, resources=resources)
+    try:
+        pipeline = Pipeline(config, resources=resources)  # reads the signing keys
+    except SigningKeyError as exc:  # a key gone since it was checked: one line, no trace
+        await resources.close()
+        raise StartupError(str(exc)) from exc
     pipeline.relay.prepare()
     try:
         endpoint = _start_metrics(config, pipeline, supervised)

@@ -1,8 +1,9 @@
 """The supervisor: `server.workers` processes serving the same listening sockets.
 
 With `server.workers > 1`, `arproxy serve` becomes this parent process. It
-1. validates what the workers will read (TLS pair, users file: `service.load_files`),
-   so a bad file is one error and exit 2 before anything is forked;
+1. validates what the workers will read (TLS pair, users file, signing keys:
+   `service.check_files`), so a bad file is one error and exit 2 before anything is
+   forked;
 2. binds the listeners once (`server.listen`, `tls.implicit_listen`) and makes the
    shared tables (arproxy.shared) -- nothing else: no event loop, no thread, no
    resolver exists before the fork, each worker builds its own in `service.serve`;
@@ -18,8 +19,9 @@ With `server.workers > 1`, `arproxy serve` becomes this parent process. It
    rereads it for its new sessions, TLS pair and users file (service.Reloader);
 5. restarts a worker that died while not asked to stop, after a delay that doubles
    with each quick failure of that worker (RESTART_FIRST_DELAY up to
-   RESTART_MAX_DELAY), and gives up -- stops the others, exit 1 -- after
-   MAX_QUICK_FAILURES failures in a row, each within STABLE_AFTER seconds of its start;
+   RESTART_MAX_DELAY), and gives up -- stops the others, exit 1 -- at the
+   MAX_QUICK_FAILURES-th failure in a row, each within STABLE_AFTER seconds of its start
+   (so MAX_QUICK_FAILURES - 1 restarts);
 6. after SIGTERM exits 0 when every worker exited 0, else 1; a worker still running
    `server.shutdown_grace` + KILL_AFTER_GRACE seconds after the signal is killed.
 
@@ -33,8 +35,10 @@ told it (a byte on the readiness pipe, then SIGUSR1 to wake it) that it is servi
 STOPPING=1 on SIGTERM/SIGINT; the workers run with NOTIFY_SOCKET unset, so they never
 notify.
 
-The signals are blocked in the parent and read synchronously (`sigtimedwait`), so
-none is lost between two checks; a worker inherits the blocked mask and unblocks it
+The signals are blocked in the parent first thing (`block_signals`, before any thread
+-- the metrics endpoint's -- exists, so every thread inherits the mask and none takes
+a signal's default action) and read synchronously (`sigtimedwait`), so none is lost
+between two checks; a worker inherits the blocked mask and unblocks it
 only once its event loop has its handlers, so an early SIGTERM is a drain, not a
 default-action death. Each worker asks the kernel for SIGTERM when the parent dies
 (PR_SET_PDEATHSIG), so a killed supervisor leaves no orphan serving.
@@ -52,6 +56,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,7 +65,7 @@ from typing import NoReturn
 
 from arproxy import metrics, sdnotify
 from arproxy.config import Config, ConfigError, HostPort, for_reload, load_config
-from arproxy.service import Listeners, StartupError, load_files, serve
+from arproxy.service import Listeners, StartupError, check_files, serve
 from arproxy.shared import SharedState, WorkerShare
 
 log = logging.getLogger("arproxy.supervisor")
@@ -88,8 +93,14 @@ def run(config: Config, config_path: Path | None = None) -> int:
     configuration is unusable (nothing was forked). `config_path`: the file SIGHUP
     rereads (None: the embedded default, which cannot change).
     """
+    # First, before any thread exists (the metrics endpoint's, or any other): a thread
+    # inherits the mask of the thread that starts it, and a process-directed signal is
+    # delivered to any thread that does not block it -- where SIGUSR1/SIGTERM/SIGHUP
+    # take their default action and kill the supervisor. Blocked everywhere, they wait
+    # for `sigtimedwait` in Supervisor._run. Never unblocked: the process exits after.
+    block_signals()
     try:
-        load_files(config)
+        check_files(config)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
@@ -108,13 +119,26 @@ def run(config: Config, config_path: Path | None = None) -> int:
         for sock in (*listeners.main, *listeners.implicit):
             sock.close()
         return EXIT_FAILED
-    supervisor = Supervisor(config, listeners, shared, served, config_path=config_path)
-    try:
-        return supervisor.run()
+    try:  # every way out of the supervisor removes its private directory (`close`)
+        return Supervisor(config, listeners, shared, served, config_path=config_path).run()
     finally:
         for sock in (*listeners.main, *listeners.implicit):
             sock.close()
         served.close()
+
+
+def block_signals() -> None:
+    """Block SIGNALS in the calling thread, and so in every thread it starts later.
+    Call before any thread exists; one that already runs keeps its mask and may take a
+    signal's default action (logged as an error, with the threads' names)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if others:
+        log.error(
+            "supervisor: thread(s) %s started before the signals were blocked: a signal "
+            "may kill the supervisor",
+            ", ".join(others),
+        )
 
 
 @dataclass
@@ -125,6 +149,7 @@ class SupervisorMetrics:
     endpoint: metrics.Endpoint | None = None
     directory: Path | None = None
     private: bool = False  # a temporary directory of ours, removed by `close`
+    owner: int = 0  # the pid that made it: a forked worker never removes it
 
     @classmethod
     def start(cls, config: Config) -> SupervisorMetrics:
@@ -136,7 +161,9 @@ class SupervisorMetrics:
         directory = config.metrics.multiprocess_dir
         private = directory is None and not os.environ.get(metrics.MULTIPROC_ENV)
         if private:
-            directory = Path(tempfile.mkdtemp(prefix="arproxy-metrics-"))
+            # The pid in the name tells an operator whose directory a stale one was
+            # (a supervisor killed with SIGKILL cannot remove it; README, Metrics).
+            directory = Path(tempfile.mkdtemp(prefix=f"arproxy-metrics-{os.getpid()}-"))
         chosen = metrics.use_multiprocess_dir(directory)
         assert chosen is not None
         metrics.clear_multiprocess_dir(chosen)
@@ -147,7 +174,7 @@ class SupervisorMetrics:
                 shutil.rmtree(chosen, ignore_errors=True)
             raise
         log.info("metrics on http://%s/metrics (sum of %s)", config.metrics.listen, chosen)
-        return cls(endpoint, chosen, private)
+        return cls(endpoint, chosen, private, os.getpid())
 
     def in_child(self) -> None:
         """In a forked worker: drop our copy of the endpoint's socket (the worker never
@@ -157,9 +184,13 @@ class SupervisorMetrics:
                 os.close(self.endpoint.server.fileno())
 
     def close(self) -> None:
+        """Stop the endpoint and remove a private directory; only in the process that
+        made it (a worker that somehow unwound into this code leaves it to its parent).
+        A private directory left by a run that was killed is not removed by the next:
+        another instance may be using one of the same prefix (README, Metrics)."""
         if self.endpoint is not None:
             self.endpoint.close()
-        if self.private and self.directory is not None:
+        if self.private and self.directory is not None and os.getpid() == self.owner:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -269,7 +300,7 @@ class Supervisor:
 
     def _run(self) -> int:
         self.slots = [_Slot(index) for index in range(self.config.server.workers)]
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # already, by `run`: idempotent
         log.info(
             "supervisor pid %d: starting %d workers on %s%s",
             os.getpid(),
@@ -334,20 +365,23 @@ class Supervisor:
             self._forward(signal.SIGHUP)
 
     def _reload(self) -> bool:
-        """Check the configuration file before any worker rereads it; False: invalid,
-        logged, nothing changes."""
-        if self.config_path is None:
-            return True  # the embedded default: only the TLS pair and users reload
+        """Check the configuration file and every file it names (`service.check_files`:
+        TLS pair, users file, signing keys) before any worker rereads them; False:
+        invalid, one error line, nothing changes -- the workers started later get the
+        last good configuration."""
+        candidate, restart = self.config, list[str]()
         try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
+            if self.config_path is not None:  # None: the embedded default cannot change
+                candidate, restart = for_reload(self.config, load_config(self.config_path))
+            check_files(candidate)
+        except (ConfigError, StartupError) as exc:
             log.error("supervisor: SIGHUP: keeping the old configuration: %s", exc)
             return False
-        self.config, restart = for_reload(self.config, new)
         if restart:
             log.warning(
                 "reload: %s need(s) a restart; keeping the old value(s)", ", ".join(restart)
             )
+        self.config = candidate
         return True
 
     def _stop(self) -> None:
@@ -392,10 +426,10 @@ class Supervisor:
             return
         now = self.clock()
         slot.quick_failures = 1 if now - slot.started >= STABLE_AFTER else slot.quick_failures + 1
-        if slot.quick_failures > MAX_QUICK_FAILURES:
+        if slot.quick_failures >= MAX_QUICK_FAILURES:  # README: "failed 5 times in a row"
             log.error(
-                "worker %d (pid %d) died (%s), the %d. time in a row within %.0fs of its "
-                "start: giving up, stopping the others",
+                "worker %d (pid %d) died (%s): %d failures in a row, each within %.0fs of "
+                "its start: giving up, stopping the others",
                 slot.index,
                 pid,
                 how,

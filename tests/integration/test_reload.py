@@ -5,6 +5,7 @@ and are named in one line."""
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 
@@ -134,3 +135,40 @@ def test_an_unusable_signing_key_at_reload_changes_nothing(
     assert len(refusals) == 1, refusals
     assert "no-such-key.pem" in refusals[0]
     assert LOADED not in proxy.log
+
+
+def test_an_unusable_signing_key_is_refused_once_by_the_supervisor(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """Two workers: the supervisor checks the signing keys the new file names (as at
+    start-up) before signalling anyone, so the refusal is one line, from it, and a
+    worker started after it -- the replacement of a killed one -- gets the last good
+    configuration, starts and serves with the old values."""
+    proxy = make_arproxy(smtp_sink.url, server=WORKERS)
+    supervisor = proxy.process.pid
+    missing = proxy.config_path.parent / "no-such-key.pem"
+    rewrite(
+        proxy,
+        new_values(proxy)
+        + f'\n[dkim_sign]\ndomains = ["example.com"]\nselector = "s1"\nkey = "{missing}"\n',
+    )
+    wait_for(lambda: "keeping the old configuration" in proxy.log, "the refusal")
+    killed = started_workers(proxy.log)[0]
+    os.kill(killed, signal.SIGKILL)
+    wait_for(lambda: started_workers(proxy.log)[0] != killed, "worker 0 replaced")
+    replacement = started_workers(proxy.log)[0]
+    sessions = 0
+    # A session at a time until the replacement relayed one; each sees the old values.
+    while replacement not in pids_of(r"id=\S+ .* relayed: 250", proxy.log):
+        with forger(proxy.port) as client:
+            assert client.rcpt("bob@example.net")[0] == 250
+            assert client.data(FORGERY)[0] == 250
+        sessions += 1
+        assert sessions < 400, "the replacement never served:\n" + proxy.log
+    log = proxy.log
+    refusals = [line for line in log.splitlines() if "keeping the old configuration" in line]
+    assert len(refusals) == 1, refusals
+    assert f"[{supervisor}]: supervisor: SIGHUP" in refusals[0]
+    assert "no-such-key.pem" in refusals[0]
+    assert LOADED not in log and "SIGHUP: every worker reloads" not in log
+    assert log.count(" died ") == 1, log  # the kill; the replacement did not fail

@@ -22,6 +22,65 @@ from .test_deploy import scrape, value
 from .test_workers import WORKERS, pids_of, send, started_workers, wait_for
 
 ACCEPTED = 'arproxy_transactions_total{outcome="accepted",stage="downstream"}'
+MANY_WORKERS = 8  # each worker's readiness SIGUSR1 is one more chance for a bad mask
+RUNS = 3
+SERVING = f"all {MANY_WORKERS} workers serving"
+
+
+def blocked_signals(pid: int) -> dict[int, set[signal.Signals]]:
+    """Thread id -> the signals it blocks, for every thread of `pid` (proc(5): SigBlk)."""
+    masks: dict[int, set[signal.Signals]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        bits = int(status.split("SigBlk:", 1)[1].split()[0], 16)
+        masks[int(task.name)] = {sig for sig in signal.Signals if bits >> (sig - 1) & 1}
+    return masks
+
+
+def test_every_thread_of_the_supervisor_blocks_the_signals(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """The metrics endpoint's thread inherits the supervisor's mask: a signal sent to
+    the process can only wait for `sigtimedwait`, never take its default action
+    (signal(7): a process-directed signal goes to any thread not blocking it)."""
+    port = free_port()
+    proxy = make_arproxy(
+        smtp_sink.url, server=WORKERS, extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    scrape(port)  # the endpoint's thread (and a request thread) have run
+    supervisor = proxy.process.pid
+    masks = blocked_signals(supervisor)
+    # The main thread sleeps in sigtimedwait, which unblocks the awaited signals for
+    # the wait (that is how it takes them): the others are what can go wrong.
+    others = {tid: blocked for tid, blocked in masks.items() if tid != supervisor}
+    assert others, masks  # the endpoint's thread at least
+    wanted = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
+    for tid, blocked in others.items():
+        assert wanted <= blocked, f"thread {tid} leaves {wanted - blocked} unblocked"
+    assert "started before the signals were blocked" not in proxy.log
+
+
+def test_many_workers_with_metrics_start_serve_and_stop(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """Eight workers each wake the supervisor with SIGUSR1 while it forks the next:
+    every run starts, relays, is scraped and stops with exit 0, its private metrics
+    directory removed."""
+    for run in range(RUNS):
+        port = free_port()
+        proxy = make_arproxy(
+            smtp_sink.url,
+            server=f"workers = {MANY_WORKERS}\n",
+            extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        )
+        wait_for(lambda p=proxy: SERVING in p.log, "readiness")  # type: ignore[misc]
+        send(proxy.port, f"{run}@many.test")
+        assert value(scrape(port), ACCEPTED) == 1
+        directory = Path(proxy.log.split("(sum of ", 1)[1].split(")", 1)[0])
+        assert directory.name.startswith(f"arproxy-metrics-{proxy.process.pid}-")
+        assert proxy.stop() == 0, proxy.log
+        assert not directory.exists()
+        assert "Traceback" not in proxy.log
 
 
 def test_metrics_of_both_workers_are_summed_by_the_supervisor(

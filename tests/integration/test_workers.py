@@ -9,6 +9,7 @@ Workers are told apart by the pid each log line carries with several workers.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import smtplib
@@ -29,6 +30,7 @@ from arproxy.users import set_password
 from .conftest import MakeArproxy, arproxy_config
 from .peers import Arproxy, SmtpSink, free_port
 from .test_session import BusyClient
+from .test_signing import keygen
 from .test_tls_auth import plain
 
 WORKERS = "workers = 2\n"
@@ -247,3 +249,34 @@ def test_auth_failures_count_across_workers(
         code, text = client.docmd("AUTH", plain("alice", "right"))
         assert (code, text[:6]) == (421, b"4.7.0 "), (code, text)
         client.close()
+
+
+def test_a_worker_that_cannot_start_five_times_stops_the_supervisor(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """README: a worker that failed 5 times in a row, each within 30 s of its start,
+    makes the supervisor stop the others and exit 1 -- the 5th failure, after 4
+    restarts; a replacement that cannot read its signing key says so in one line."""
+    key, _ = keygen(tmp_path, "example.com", "s1")
+    signing = f'[dkim_sign]\ndomains = ["example.com"]\nselector = "s1"\nkey = "{key}"\n'
+    workdir = tmp_path / "arproxy"
+    workdir.mkdir()
+    proxy = Arproxy(
+        workdir,
+        arproxy_config(smtp_sink.url, nameserver="127.0.0.1", server=WORKERS, extra=signing),
+    )
+    try:
+        wait_for(lambda: "all 2 workers serving" in proxy.log, "readiness")
+        key.unlink()  # from now on a worker cannot start
+        os.kill(started_workers(proxy.log)[0], signal.SIGKILL)
+        assert proxy.process.wait(WAIT) == 1
+    finally:
+        proxy.stop()
+    log = proxy.log
+    died = re.findall(r"worker 0 \(pid \d+\) died \(([^)]*)\)", log)
+    assert died == ["signal SIGKILL", *["exit code 2"] * 4], log
+    assert "died (exit code 2): 5 failures in a row, each within 30s of its start" in log
+    assert log.count("restarting in") == 4
+    refusals = [line for line in log.splitlines() if "worker cannot start:" in line]
+    assert len(refusals) == 4 and all(key.name in line for line in refusals), refusals
+    assert "Traceback" not in log

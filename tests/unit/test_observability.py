@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from arproxy import logcontext, sdnotify
+from arproxy import logcontext, logformat, sdnotify
 from arproxy.checks.base import Value
 from arproxy.config import ConfigError, HostPort, parse_config
-from arproxy.logformat import JsonFormatter
+from arproxy.logformat import RECORD_KEYS, JsonFormatter, LogFieldCollision
 from arproxy.metrics import Metrics, downstream_error_kind, transaction_label
-from arproxy.outcome import ClientFacts, Decider, RecipientOutcome, log_fields
+from arproxy.outcome import ClientFacts, Decider, Outcome, RecipientOutcome, log_fields
 from arproxy.relay import XFORWARD_LINE_LIMIT, xforward_commands, xforward_lines
 from arproxy.replies import (
     DOWNSTREAM_TIMEOUT,
@@ -30,9 +30,12 @@ from arproxy.replies import (
 
 from .test_outcome import CLIENT, Result, transaction
 
+WRITTEN = 1796032800.123  # 2026-11-30T10:00:00.123 UTC, when a test record was made
+
 
 def record(message: str, outcome: object = None) -> logging.LogRecord:
     made = logging.LogRecord("arproxy.pipeline", logging.INFO, __file__, 1, "%s", (message,), None)
+    made.created = WRITTEN
     if outcome is not None:
         made.outcome = outcome
     return made
@@ -61,10 +64,36 @@ def test_json_summary_has_every_field_of_the_text_line() -> None:
     assert entry["reply"] == {"code": 250, "enhanced": "2.0.0", "text": "Ok: queued as 4Xk2"}
     assert entry["verdict"] == "relayed"
     assert entry["stage"] == "downstream"
-    assert entry["time"] == pytest.approx(0.0314)
+    assert entry["elapsed"] == pytest.approx(0.0314)
     assert entry["relay_time"] == pytest.approx(0.0125)
+    # "time" stays the wall-clock time of the line, not the outcome's duration.
+    assert entry["time"] == "2026-11-30T10:00:00.123+00:00"
     assert entry["level"] == "info"
     assert entry["logger"] == "arproxy.pipeline"
+
+
+@pytest.mark.parametrize("decider", list(Decider))
+@pytest.mark.parametrize("kind", ["transaction", "rcpt"])
+def test_no_outcome_field_reuses_a_record_key(decider: Decider, kind: str) -> None:
+    """Every key `log_fields` can produce (both kinds of outcome, every decider, every
+    optional value set) is distinct from the keys the formatter writes itself."""
+    reply = Reply.of(550, "5.7.1", "no")
+    outcome: Outcome = (
+        transaction(decided_by=decider, reply=reply, forged=("a.example",), relay_time=0.5)
+        if kind == "transaction"
+        else RecipientOutcome("Q2", CLIENT, "a@b.example", "x@c.example", decider, reply)
+    )
+    fields = log_fields(outcome)
+    assert not RECORD_KEYS & fields.keys()
+    entry = json.loads(JsonFormatter().format(record("text form", outcome)))
+    assert entry.keys() == {"time", "level", "logger", "pid", "event"} | fields.keys()
+    assert entry["time"].startswith("2026-11-30T10:00:00.123")
+
+
+def test_a_colliding_outcome_field_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logformat, "log_fields", lambda outcome: {"time": 0.5, "id": "Q"})
+    with pytest.raises(LogFieldCollision, match="time"):
+        JsonFormatter().format(record("text form", transaction()))
 
 
 def test_json_recipient_line_and_null_sender() -> None:

@@ -4,6 +4,8 @@ MAX_QUICK_FAILURES in a row the supervisor stops the others and will exit 1."""
 
 from __future__ import annotations
 
+import pytest
+
 from arproxy import supervisor
 from arproxy.config import parse_config
 from arproxy.service import Listeners
@@ -21,21 +23,26 @@ def make_supervisor() -> Supervisor:
     return sup
 
 
-def test_quick_failures_back_off_then_give_up() -> None:
+def test_quick_failures_back_off_then_give_up(caplog: pytest.LogCaptureFixture) -> None:
     sup = make_supervisor()
     slot = sup.slots[0]
     delays = []
-    for attempt in range(supervisor.MAX_QUICK_FAILURES):
+    for attempt in range(supervisor.MAX_QUICK_FAILURES - 1):
         slot.started = NOW  # died at once, every time
         sup._exited(slot, 1000 + attempt, 1)
         assert slot.restart_at is not None
         delays.append(slot.restart_at - NOW)
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert delays == [0.5, 1.0, 2.0, 4.0]
     assert not sup.stopping
+    # README: "one that failed 5 times in a row ... makes the supervisor stop the
+    # others and exit 1": the 5th failure, not a 6th.
+    assert supervisor.MAX_QUICK_FAILURES == 5
     slot.started = NOW
     sup._exited(slot, 2000, 1)
     assert sup.stopping and sup.failed  # run() then returns EXIT_FAILED
     assert slot.restart_at is None
+    assert slot.quick_failures == 5
+    assert "died (exit code 1): 5 failures in a row, each within 30s of its start" in caplog.text
 
 
 def test_a_worker_that_ran_long_enough_starts_its_count_again() -> None:
