@@ -23,7 +23,7 @@ from arproxy.tls import make_self_signed
 from arproxy.users import set_password
 
 from .conftest import MakeArproxy
-from .peers import SmtpSink, free_port
+from .peers import Arproxy, SmtpSink, free_port
 
 MESSAGE = b"From: alice@example.org\r\nSubject: half-close\r\n\r\nbody\r\n"
 
@@ -423,11 +423,11 @@ class BusyClient(threading.Thread):
         wire.close()
 
 
-def test_drain_refuses_new_transactions_and_exits_when_in_flight_ones_are_done(
-    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
-) -> None:
-    proxy = make_arproxy(smtp_sink.url)  # shutdown_grace = 5.0
-    clients = [BusyClient(proxy.port, n) for n in range(10)]
+def busy_clients_through_sigterm(proxy: Arproxy, count: int = 10) -> list[BusyClient]:
+    """`count` clients that start a new transaction after each 250, then SIGTERM: arproxy
+    exits 0, and each client's last reply is 421 4.3.2 (RFC 5321 section 3.8: 421 and
+    close; Postfix's 4.3.2 "shutting down") with no error on its side."""
+    clients = [BusyClient(proxy.port, n) for n in range(count)]
     for client in clients:
         client.start()
     for client in clients:
@@ -437,8 +437,15 @@ def test_drain_refuses_new_transactions_and_exits_when_in_flight_ones_are_done(
     for client in clients:
         client.join(30)
         assert client.error is None, client.error
-        # RFC 5321 section 3.8: 421 and close; Postfix's 4.3.2 "shutting down".
         assert client.final.startswith(b"421 4.3.2 "), client.final
+    return clients
+
+
+def test_drain_refuses_new_transactions_and_exits_when_in_flight_ones_are_done(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    proxy = make_arproxy(smtp_sink.url)  # shutdown_grace = 5.0
+    clients = busy_clients_through_sigterm(proxy)
     log = proxy.log
     assert "still busy" not in log, "the drain waited for the grace to run out"
     assert "never retrieved" not in log

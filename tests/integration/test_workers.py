@@ -29,7 +29,7 @@ from arproxy.users import set_password
 
 from .conftest import MakeArproxy, arproxy_config
 from .peers import Arproxy, SmtpSink, free_port
-from .test_session import BusyClient
+from .test_session import busy_clients_through_sigterm
 from .test_signing import keygen
 from .test_tls_auth import plain
 
@@ -102,17 +102,7 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(
 ) -> None:
     proxy = make_arproxy(smtp_sink.url, server=WORKERS)  # shutdown_grace = 5.0
     workers = started_workers(proxy.log)
-    clients = [BusyClient(proxy.port, n) for n in range(10)]
-    for client in clients:
-        client.start()
-    for client in clients:
-        assert client.running.wait(30)
-    proxy.process.send_signal(signal.SIGTERM)
-    assert proxy.process.wait(60) == 0
-    for client in clients:
-        client.join(30)
-        assert client.error is None, client.error
-        assert client.final.startswith(b"421 4.3.2 "), client.final  # RFC 5321 section 3.8
+    clients = busy_clients_through_sigterm(proxy)
     log = proxy.log
     assert "still busy" not in log, "a drain waited for the grace to run out"
     for index, pid in workers.items():
