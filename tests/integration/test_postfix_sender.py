@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from ..peerskip import unless_peer
 from .conftest import MakeArproxy
 from .peers import POSTFIX, PrivatePostfix, SmtpSink
 
-pytestmark = pytest.mark.skipif(
+pytestmark = unless_peer(
     os.geteuid() != 0 or not shutil.which(POSTFIX) or not os.path.isdir("/etc/postfix"),
     reason="a private Postfix needs root and Debian's postfix package",
 )

@@ -21,6 +21,7 @@ import pytest
 
 from arproxy.users import set_password
 
+from ..peerskip import unless_peer
 from .conftest import MakeArproxy
 from .peers import Arproxy, SmtpSink, free_port, stop
 from .test_tls_auth import plain
@@ -28,7 +29,7 @@ from .test_workers import send, wait_for
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = unless_peer(
     not Path(REDIS_SERVER).exists(), reason="redis-server (Debian package) not installed"
 )
 

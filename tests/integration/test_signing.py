@@ -24,6 +24,7 @@ from arproxy.signing.keys import load_key
 from arproxy.signing.signature import read_for_signing
 
 from ..dnsserver import KnotServer
+from ..peerskip import unless_peer
 from .conftest import MakeArproxy
 from .peers import SmtpSink
 from .test_tls_auth import client_context, security_options, tls_files  # noqa: F401
@@ -188,7 +189,7 @@ def has_mail_dkim() -> bool:
     return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
-needs_mail_dkim = pytest.mark.skipif(
+needs_mail_dkim = unless_peer(
     not has_mail_dkim(), reason="Mail::DKIM (libmail-dkim-perl, scripts/test) not installed"
 )
 

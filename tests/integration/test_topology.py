@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from ..dnsserver import KnotServer
+from ..peerskip import unless_peer
 from .conftest import arproxy_config
 from .dovecot import PASSWORD, USER, Dovecot
 from .peers import Arproxy, PrivatePostfix, free_port, stop, wait_for_port
@@ -39,7 +40,7 @@ from .test_probe import run_arproxy
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = unless_peer(
     os.geteuid() != 0 or not os.path.isdir("/etc/postfix"),
     reason="a private Postfix needs root and Debian's postfix package",
 )
