@@ -98,6 +98,21 @@ def transaction_label(reply: Reply) -> str:
     return "tempfail" if reply.is_transient else "rejected"
 
 
+# Every label value these two families can take is made at start, at 0, so each family
+# is in the first scrape (and in multiprocess mode, where a family with no sample is
+# not written at all) and rate() has a start point.
+DOWNSTREAM_ERROR_KINDS = (
+    "unavailable",
+    "timeout",
+    "protocol",
+    "refused_temporary",
+    "refused_permanent",
+)
+# The [policy] replies (arproxy.policy): RFC 7372 5.7.23/5.7.25, 5.7.1 for DMARC, and the
+# 4.7.x of tempfail_on_temperror.
+POLICY_CODES = ("5.7.1", "5.7.23", "5.7.25", "4.7.1", "4.7.20", "4.7.24", "4.7.25", "4.7.0")
+
+
 def downstream_error_kind(reply: Reply) -> str | None:
     """What went wrong with the downstream for a non-2xx reply it decided, else None."""
     if reply.is_success:
@@ -175,6 +190,10 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        for kind in DOWNSTREAM_ERROR_KINDS:
+            self.downstream_errors.labels(kind=kind)
+        for code in POLICY_CODES:
+            self.policy_rejections.labels(code=code)
         self._resolver: Resolver | None = None
         self._dns_seen = (0, 0, 0)
 

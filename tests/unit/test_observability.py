@@ -18,7 +18,13 @@ from arproxy import logcontext, logformat, sdnotify
 from arproxy.checks.base import Value
 from arproxy.config import ConfigError, HostPort, parse_config
 from arproxy.logformat import RECORD_KEYS, JsonFormatter, LogFieldCollision
-from arproxy.metrics import Metrics, downstream_error_kind, transaction_label
+from arproxy.metrics import (
+    DOWNSTREAM_ERROR_KINDS,
+    POLICY_CODES,
+    Metrics,
+    downstream_error_kind,
+    transaction_label,
+)
 from arproxy.outcome import ClientFacts, Decider, Outcome, RecipientOutcome, log_fields
 from arproxy.relay import XFORWARD_LINE_LIMIT, xforward_commands, xforward_lines
 from arproxy.replies import (
@@ -231,3 +237,36 @@ def test_xforward_attributes_share_commands_within_the_line_limit() -> None:
         assert len("XFORWARD " + " ".join(line) + "\r\n") <= XFORWARD_LINE_LIMIT
     # One attribute too long for any command (255 octets, each escaped as +HH).
     assert xforward_lines(["HELO=" + "+3D" * 255, "IDENT=Q1"]) == [["IDENT=Q1"]]
+
+
+def test_labelled_families_are_in_the_first_scrape_at_zero() -> None:
+    """A family whose label values are all known starts at 0 for each, so it is in the
+    first scrape (in multiprocess mode a family with no sample is not written at all)."""
+    metrics = Metrics()
+    for kind in DOWNSTREAM_ERROR_KINDS:
+        assert sample(metrics, "arproxy_downstream_errors_total", kind=kind) == 0
+    for code in POLICY_CODES:
+        assert sample(metrics, "arproxy_policy_rejections_total", code=code) == 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        DOWNSTREAM_UNAVAILABLE,
+        DOWNSTREAM_TIMEOUT,
+        Reply.of(451, "4.3.0", "x"),
+        Reply.of(550, "5.1.1", "x"),
+        Reply(250, None, ("ok",)),
+    ],
+)
+def test_every_downstream_error_kind_is_a_known_label(reply: Reply) -> None:
+    kind = downstream_error_kind(reply)
+    assert kind is None or kind in DOWNSTREAM_ERROR_KINDS
+
+
+def test_every_policy_reply_code_is_a_known_label() -> None:
+    from arproxy import policy, replies  # noqa: PLC0415
+
+    codes = {r.enhanced for r in (replies.SPF_REJECTED, replies.IPREV_REJECTED)}
+    codes |= set(policy._TEMPFAIL_CODES.values()) | {"4.7.0", "5.7.1"}
+    assert codes <= set(POLICY_CODES)
