@@ -37,6 +37,7 @@ pyproject pins aiosmtpd below 1.5.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import inspect
 import re
@@ -170,8 +171,9 @@ def _install_member_tables() -> None:
         module.dir = tables.names  # a module global: found before the builtin
 
 
-class SMTPAdapter(SMTP):
-    """aiosmtpd's SMTP with its private hooks turned into methods for a subclass."""
+class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
+    """aiosmtpd's SMTP with its private hooks turned into methods for a subclass
+    (abstract: `on_client_eof` and `on_bare_newline` are the subclass's)."""
 
     def __init__(self, handler: Any, *, max_line_length: int, **kwargs: Any) -> None:
         # aiosmtpd's DATA line limit (read by its constructor): the text of a line,
@@ -192,13 +194,13 @@ class SMTPAdapter(SMTP):
 
     reject_bare_newline = True
 
+    @abc.abstractmethod
     async def on_client_eof(self, partial: bytes) -> NoReturn:
         """The client sent nothing more; `partial` is an unfinished last line."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def on_bare_newline(self, line: bytes) -> NoReturn:
         """A command or AUTH line ended in LF without CR."""
-        raise NotImplementedError
 
     def new_session(self) -> Session:
         return Session(self.loop)
