@@ -398,6 +398,7 @@ class _SmtpDelivery:
         # Every command so far got a reply: the connection is in a known state.
         # A timeout or a lost connection leaves it unknown (mid-DATA, say): not reused.
         self.in_step = True
+        self.closed = False  # close() ran: the connection is no longer this delivery's
 
     async def add_recipient(self, recipient: str) -> Reply:
         try:
@@ -428,7 +429,11 @@ class _SmtpDelivery:
 
     async def close(self) -> None:
         """The transaction is over: a clean connection goes back to the pool (after
-        RSET unless DATA succeeded), any other gets its QUIT. Idempotent."""
+        RSET unless DATA succeeded), any other gets its QUIT. Idempotent: only the first
+        call acts, since after it the connection may already serve another transaction."""
+        if self.closed:
+            return
+        self.closed = True
         client = self.client
         if not client.is_connected:
             return
@@ -447,7 +452,6 @@ class _SmtpDelivery:
         except BaseException:
             client.close()
             raise
-        self.in_step = False  # released once only
         self.relay.release(self.pooled)
 
 

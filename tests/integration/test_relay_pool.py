@@ -222,3 +222,29 @@ def test_through_arproxy_pipelined_client_and_downstream_restart(
         sink.close()
         if restarted is not None:
             restarted.close()
+
+
+def test_a_second_close_never_touches_a_connection_another_transaction_holds(
+    smtp_sink: SmtpSink,
+) -> None:
+    """close() is idempotent: once the connection is back in the pool it may carry the
+    next transaction, and a second close() of the first must leave it alone."""
+
+    async def go() -> None:
+        relay = relay_to(smtp_sink)
+        first = await relay.open(SENDER, (), RECIPIENT)
+        assert first.delivery is not None
+        assert (await first.delivery.add_recipient(RECIPIENT)).code == 250
+        assert (await first.delivery.send(message(1))).code == 250
+        await first.delivery.close()
+        second = await relay.open(SENDER, (), RECIPIENT)  # the same pooled connection
+        assert second.delivery is not None
+        assert relay.connections_opened == 1
+        await first.delivery.close()  # late, second call
+        assert (await second.delivery.add_recipient(RECIPIENT)).code == 250
+        assert (await second.delivery.send(message(2))).code == 250
+        await second.delivery.close()
+        await relay.shutdown(5.0)
+
+    asyncio.run(go())
+    assert subjects(smtp_sink) == ["pool 1", "pool 2"]
