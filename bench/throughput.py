@@ -53,6 +53,7 @@ from tests.integration.peers import (  # noqa: E402
     parse_sink_dump,
     wait_for_port,
 )
+from tests.integration.peers import stop as stop_process  # noqa: E402
 
 from arproxy.client import trusted_results  # noqa: E402
 
@@ -183,13 +184,7 @@ class Processes:
 
     @staticmethod
     def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(process, timeout)  # SIGTERM, then SIGKILL after `timeout`
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
