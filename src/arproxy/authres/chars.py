@@ -11,6 +11,10 @@ TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
 # RFC 5322 atext specials (a dot-atom local-part may contain them, a token may not contain all).
 _ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
 
+# A whole RFC 2045 token: one or more VCHARs that are not tspecials (is_token_char as one
+# regex, for the formatter, which tests every value it writes).
+TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
+
 # RFC 5321 Ldh-str: letters, digits and "-", not ending in "-".
 KEYWORD = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]")
 KEYWORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -24,6 +28,8 @@ DOMAIN_NAME = re.compile(rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})+")
 # (category Cc), lone surrogates (not UTF-8), and the Unicode line and paragraph separators,
 # which some readers (e.g. Python's str.splitlines) treat as line breaks.
 _UNWRITABLE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# The US-ASCII characters among them (is_unwritable for ASCII text): the controls but TAB.
+ASCII_UNWRITABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def is_printable_ascii(char: str) -> bool:

@@ -6,11 +6,11 @@ quoting can carry raise FormatError. Names come from our code and must be Ldh-st
 """
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from arproxy.idn import to_a_labels
 
-from .chars import DOMAIN_NAME, KEYWORD, WSP, is_token_char, is_unwritable
+from .chars import ASCII_UNWRITABLE, DOMAIN_NAME, KEYWORD, TOKEN, is_unwritable
 from .errors import FormatError
 from .model import AuthenticationResults, Property, ResInfo
 
@@ -38,23 +38,9 @@ _DOMAIN_PROPERTIES = frozenset(
 _ASCII_LOCAL_PART = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 )
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """An unbreakable run of text and how it joins the piece before it.
-
-    ``fold_joint`` replaces ``joint`` when the line is folded before this piece; None means
-    the piece can never start a continuation line. A comment is one unit of several pieces
-    (``starts_unit`` False after the first): it moves to a new line whole if it fits there,
-    and is folded at its own white space only if it does not.
-    """
-
-    text: str
-    joint: str = " "
-    fold_joint: str | None = _INNER_FOLD
-    force_fold: bool = False
-    starts_unit: bool = True
+# Where a comment may be folded: a WSP that follows a non-WSP (RFC 5322 section 3.2.2
+# FWS inside a comment); the fold goes before it and keeps it.
+_COMMENT_FOLD_POINT = re.compile(r"(?<=[^ \t])([ \t])")
 
 
 def format_field(header: AuthenticationResults, *, allow_utf8: bool = False) -> str:
@@ -70,135 +56,152 @@ def format_field(header: AuthenticationResults, *, allow_utf8: bool = False) -> 
     (controls, CR, LF, DEL; other non-ASCII unless ``allow_utf8``), or a line that stays
     over 998.
     """
-    writer = _Writer(allow_utf8)
-    field = _fold(writer.pieces(header))
-    for line in field.split(_CRLF):
-        if len(line.encode("utf-8")) > HARD_LINE_LIMIT:
-            raise FormatError(f"a line of the field cannot be folded below {HARD_LINE_LIMIT}")
+    field = "".join(_Writer(allow_utf8).lines(header))
+    # Only a field longer than the hard limit can hold a line longer than it.
+    if _octets(field) > HARD_LINE_LIMIT:
+        for line in field.split(_CRLF):
+            if _octets(line) > HARD_LINE_LIMIT:
+                raise FormatError(f"a line of the field cannot be folded below {HARD_LINE_LIMIT}")
     return field + _CRLF
 
 
-def _fold(pieces: list[_Piece]) -> str:
-    """Join pieces greedily, starting a continuation line where the soft limit requires."""
-    out: list[str] = []
-    line_octets = 0
-    for piece, unit_octets in zip(pieces, _unit_widths(pieces), strict=True):
-        needed = unit_octets if piece.starts_unit else _octets(piece.joint + piece.text)
-        too_long = bool(out) and line_octets + needed > SOFT_LINE_LIMIT
-        if piece.fold_joint is not None and (piece.force_fold or too_long):
-            continuation = piece.fold_joint + piece.text
-            out.append(continuation)
-            line_octets = _octets(continuation) - len(_CRLF)
-        else:
-            out.append(piece.joint + piece.text)
-            line_octets += _octets(piece.joint + piece.text)
+def _head_text(parts: list[str]) -> str:
+    """The field's first line: the field name, then the other parts folded where needed."""
+    out = [parts[0]]
+    _append_parts(parts[1:], out, _octets(parts[0]))
     return "".join(out)
 
 
-def _unit_widths(pieces: list[_Piece]) -> list[int]:
-    """For each piece, the octets from it to the end of its unit, written on one line."""
-    widths: list[int] = []
-    running = 0
-    for piece in reversed(pieces):
-        running += _octets(piece.joint + piece.text)
-        widths.append(running)
-        if piece.starts_unit:
-            running = 0
-    return widths[::-1]
+def _resinfo_text(parts: list[str]) -> str:
+    """One resinfo, from the CRLF that starts its own continuation line."""
+    out = [_RESINFO_FOLD, parts[0]]
+    _append_parts(parts[1:], out, len(_RESINFO_FOLD) - len(_CRLF) + _octets(parts[0]))
+    return "".join(out)
+
+
+def _append_parts(parts: list[str], out: list[str], line_octets: int) -> None:
+    """Append `parts` greedily after a line holding `line_octets` octets: each after a
+    space while the line stays within the soft limit, else on a continuation line; a
+    comment that does not fit moves to a continuation line whole and, if still too long,
+    is folded at its own white space (``_append_folded_comment``)."""
+    for part in parts:
+        size = _octets(part)
+        if line_octets + 1 + size <= SOFT_LINE_LIMIT:
+            out.append(" ")
+            line_octets += 1 + size
+        elif part.startswith("("):  # a comment: no other part starts with "(" (a keyword)
+            line_octets = _append_folded_comment(part, out)
+            continue
+        else:
+            out.append(_INNER_FOLD)
+            line_octets = len(_INNER_FOLD) - len(_CRLF) + size
+        out.append(part)
+
+
+def _append_folded_comment(comment: str, out: list[str]) -> int:
+    """Append a comment from a new continuation line, folding it again before a WSP that
+    follows non-WSP (RFC 5322 section 3.2.2: FWS in a comment; the fold keeps the WSP)
+    wherever the next run of text would pass the soft limit. The octets of its last line."""
+    runs = _COMMENT_FOLD_POINT.split(comment)  # [run, WSP, run, WSP, run ...]
+    out.append(_INNER_FOLD)
+    out.append(runs[0])
+    line_octets = len(_INNER_FOLD) - len(_CRLF) + _octets(runs[0])
+    for wsp, run in zip(runs[1::2], runs[2::2], strict=True):
+        size = len(wsp) + _octets(run)
+        if line_octets + size > SOFT_LINE_LIMIT:
+            out.append(_CRLF)  # the WSP starts the continuation line
+            line_octets = size
+        else:
+            line_octets += size
+        out.append(wsp)
+        out.append(run)
+    return line_octets
 
 
 def _octets(text: str) -> int:
-    return len(text.encode("utf-8"))
+    # str.isascii is one C pass; most text is ASCII and needs no encoding to be measured.
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 class _Writer:
-    """Turns the model into pieces, validating and quoting as it goes."""
+    """Turns the model into text, validating and quoting as it goes."""
 
     def __init__(self, allow_utf8: bool) -> None:
         self.allow_utf8 = allow_utf8
 
-    def pieces(self, header: AuthenticationResults) -> list[_Piece]:
-        head = [_Piece(f"{FIELD_NAME}:", joint="", fold_joint=None)]
-        head.append(_Piece(self._value(header.authserv_id, "authserv-id")))
+    def lines(self, header: AuthenticationResults) -> list[str]:
+        """The field without its final CRLF: its first line (folded if need be), then
+        each resinfo from the CRLF that starts its line."""
+        head = [f"{FIELD_NAME}:", self._value(header.authserv_id, "authserv-id")]
         if header.version is not None:
-            head.append(_Piece(_digits(header.version, "version")))
+            head.append(_digits(header.version, "version"))
+        head[-1] += ";"  # glued to its part: no fold can come before it
         if not header.results:
-            return [*_end_with(head, ";"), _Piece("none")]
-        pieces = _end_with(head, ";")
+            head.append("none")
+            return [_head_text(head)]
+        out = [_head_text(head)]
+        last = len(header.results) - 1
         for index, resinfo in enumerate(header.results):
-            resinfo_pieces = self._resinfo(resinfo)
-            if index < len(header.results) - 1:
-                resinfo_pieces = _end_with(resinfo_pieces, ";")
-            first = resinfo_pieces[0]
-            resinfo_pieces[0] = replace(first, fold_joint=_RESINFO_FOLD, force_fold=True)
-            pieces.extend(resinfo_pieces)
-        return pieces
+            parts = self._resinfo(resinfo)
+            if index < last:
+                parts[-1] += ";"
+            out.append(_resinfo_text(parts))
+        return out
 
-    def _resinfo(self, resinfo: ResInfo) -> list[_Piece]:
+    def _resinfo(self, resinfo: ResInfo) -> list[str]:
+        """The parts of one resinfo, ``method=result`` first; a comment is one part."""
         method = _keyword(resinfo.method, "method")
         if method.lower() == "none":
             # "; none=pass" is a resinfo by the ABNF, but common readers take it for no-result.
             raise FormatError("a method may not be called 'none'")
         if resinfo.method_version is not None:
             method += "/" + _digits(resinfo.method_version, "method version")
-        pieces = [_Piece(f"{method}={_keyword(resinfo.result, 'result')}")]
-        pieces.extend(self._comment(resinfo.comment))
+        parts = [f"{method}={_keyword(resinfo.result, 'result')}"]
+        if resinfo.comment is not None:
+            parts.append(self._comment(resinfo.comment))
         if resinfo.reason is not None:
-            pieces.append(_Piece("reason=" + self._value(resinfo.reason, "reason")))
+            parts.append("reason=" + self._value(resinfo.reason, "reason"))
         for prop in resinfo.properties:
-            pieces.extend(self._propspec(prop))
-        return pieces
-
-    def _propspec(self, prop: Property) -> list[_Piece]:
-        ptype = _keyword(prop.ptype, "ptype")
-        name = _keyword(prop.name, "property")
-        value = self._value(prop.value, f"{ptype}.{name}", address_allowed=True)
-        return [_Piece(f"{ptype}.{name}={value}"), *self._comment(prop.comment)]
+            ptype = _keyword(prop.ptype, "ptype")
+            name = _keyword(prop.name, "property")
+            value = self._value(prop.value, f"{ptype}.{name}", address_allowed=True)
+            parts.append(f"{ptype}.{name}={value}")
+            if prop.comment is not None:
+                parts.append(self._comment(prop.comment))
+        return parts
 
     def _value(self, value: str, what: str, *, address_allowed: bool = False) -> str:
         """A token if possible, else (for a pvalue) a plain address, else a quoted-string."""
         self._check_writable(value, what)
-        if value and all(is_token_char(char) for char in value):
+        if TOKEN.fullmatch(value) is not None:
             return value
         if address_allowed and _is_plain_address(value):
             return value
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}"'
 
-    def _comment(self, comment: str | None) -> list[_Piece]:
-        """A comment, split at its white space so that long ones can be folded."""
-        if comment is None:
-            return []
+    def _comment(self, comment: str) -> str:
+        """``(comment)`` with escapes, as one part (split at its white space only to fold)."""
         self._check_writable(comment, "comment")
-        escaped = re.sub(r"([()\\])", r"\\\1", comment)
-        return _split_at_white_space(f"({escaped})")
+        # A backslash before each "(", ")" and "\\" (RFC 5322 section 3.2.2 ctext and
+        # quoted-pair); the backslashes first, so that the added ones are not doubled.
+        escaped = comment.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        return f"({escaped})"
 
     def _check_writable(self, text: str, what: str) -> None:
+        # ASCII text (nearly all of it) is checked by one regex search; the only
+        # unwritable ASCII characters are the controls, and its first one is the
+        # first offending character, as the per-character loop would find it.
+        if text.isascii():
+            bad = ASCII_UNWRITABLE.search(text)
+            if bad is not None:
+                raise FormatError(f"{what} contains {bad.group()!r}, which no quoting can carry")
+            return
         for char in text:
             if is_unwritable(char):
                 raise FormatError(f"{what} contains {char!r}, which no quoting can carry")
             if not (char.isascii() or self.allow_utf8):
                 raise FormatError(f"{what} contains non-ASCII text and UTF-8 is not allowed")
-
-
-def _split_at_white_space(comment: str) -> list[_Piece]:
-    """Pieces of a comment; a fold goes before a WSP that follows non-WSP and keeps that WSP."""
-    pieces: list[_Piece] = []
-    start = 0
-    joint, fold_joint = " ", _INNER_FOLD
-    for pos in range(1, len(comment)):
-        if comment[pos] in WSP and comment[pos - 1] not in WSP:
-            pieces.append(_Piece(comment[start:pos], joint, fold_joint, starts_unit=not pieces))
-            joint, fold_joint = comment[pos], _CRLF + comment[pos]
-            start = pos + 1
-    pieces.append(_Piece(comment[start:], joint, fold_joint, starts_unit=not pieces))
-    return pieces
-
-
-def _end_with(pieces: list[_Piece], suffix: str) -> list[_Piece]:
-    """Glue ``suffix`` to the last piece, so that no fold can come before it."""
-    last = pieces[-1]
-    return [*pieces[:-1], replace(last, text=last.text + suffix)]
 
 
 def _keyword(name: str, what: str) -> str:
@@ -220,18 +223,28 @@ def with_a_labels(header: AuthenticationResults) -> AuthenticationResults:
     SMTPUTF8 can carry (RFC 5890 section 2.3.2.1). Other values are left alone; a UTF-8
     local part has no ASCII form, so ``format_field`` still refuses it there."""
 
-    def convert(prop: Property) -> Property:
-        if (prop.ptype.lower(), prop.name.lower()) not in _DOMAIN_PROPERTIES:
-            return prop
-        return replace(prop, value=_value_with_a_labels(prop.value))
+    # Nearly every header is ASCII already: it is returned as it is, not copied.
+    results = tuple(_resinfo_with_a_labels(res) for res in header.results)
+    if all(new is old for new, old in zip(results, header.results, strict=True)):
+        return header
+    return replace(header, results=results)
 
-    return replace(
-        header,
-        results=tuple(
-            replace(res, properties=tuple(convert(p) for p in res.properties))
-            for res in header.results
-        ),
-    )
+
+def _resinfo_with_a_labels(resinfo: ResInfo) -> ResInfo:
+    """``resinfo`` with its domain properties' U-labels as A-labels; itself if none changed."""
+    properties = tuple(_property_with_a_labels(prop) for prop in resinfo.properties)
+    if all(new is old for new, old in zip(properties, resinfo.properties, strict=True)):
+        return resinfo
+    return replace(resinfo, properties=properties)
+
+
+def _property_with_a_labels(prop: Property) -> Property:
+    if prop.value.isascii():  # no U-label: _value_with_a_labels would return it as it is
+        return prop
+    if (prop.ptype.lower(), prop.name.lower()) not in _DOMAIN_PROPERTIES:
+        return prop
+    value = _value_with_a_labels(prop.value)
+    return prop if value == prop.value else replace(prop, value=value)
 
 
 def _value_with_a_labels(value: str) -> str:
