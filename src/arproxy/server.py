@@ -213,6 +213,7 @@ class ArproxySMTP(SMTPAdapter):
         port = int(peer[1]) if isinstance(peer, tuple) else 0
         tls = self.session.ssl is not None
         self.session.state = self.pipeline.open_session(client_ip, port, tls=tls)
+        self.registry.open.client_known(self)  # client_text is the client's address now
         return True
 
     def connection_lost(self, error: Exception | None) -> None:

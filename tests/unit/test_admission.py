@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from arproxy.admission import SessionRegistry
 from arproxy.config import parse_config
+from arproxy.ratelimit import client_key
 from arproxy.replies import (
     SHUTTING_DOWN,
     TOO_MANY_CONNECTIONS,
@@ -78,3 +83,98 @@ def test_drain_closes_idle_sessions_then_busy_ones_after_the_grace() -> None:
     assert idle.closed_with[0] == SHUTTING_DOWN
     assert busy.closed_with == [SHUTTING_DOWN]  # once, when the grace ran out
     assert registry.refusal_for("192.0.2.3", parse_config("", "t")) == SHUTTING_DOWN
+
+
+# --- the per-client index against the plain count over every open session ------------------
+
+_IPS = (
+    "192.0.2.1",
+    "192.0.2.2",
+    "::ffff:192.0.2.1",  # RFC 4291 section 2.5.5.2: the IPv4 client 192.0.2.1
+    "2001:db8::1",
+    "2001:db8::2",  # the same /64 as 2001:db8::1
+    "2001:db8:0:1::1",  # another /64
+    "fe80::1%eth0",  # a zone index does not split the count
+    "fe80::2",
+)
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "admit", "quit", "close"]),
+        st.integers(0, 7),  # which session
+        st.sampled_from(_IPS),
+        st.integers(1, 65535),  # its port: "ip:port" is what it counts under until admitted
+    ),
+    max_size=60,
+)
+
+
+def _plain_count(sessions: Iterable[FakeConnection], client_ip: str) -> int:
+    """count_client as it was: every open session's key parsed again (the oracle)."""
+    key = client_key(client_ip)
+    return sum(1 for s in sessions if s.in_progress and client_key(s.client_text) == key)
+
+
+@given(ops=_OPS)
+def test_count_client_equals_the_plain_count_over_every_session(
+    ops: list[tuple[str, int, str, int]],
+) -> None:
+    """Sessions open (counted under their peer's "ip:port"), learn their client
+    (socket or PROXY header), answer 221 or start closing (no longer in progress),
+    and close, in any order; the indexed count always equals the plain sum."""
+    registry = SessionRegistry()
+    alive: dict[int, FakeConnection] = {}
+    for op, index, ip, port in ops:
+        session = alive.get(index)
+        if op == "open" and session is None:
+            alive[index] = FakeConnection(True, f"{ip}:{port}")
+            registry.open.add(alive[index])  # type: ignore[arg-type]
+        elif op == "admit" and session is not None:
+            session.client_text = ip
+            registry.open.client_known(session)  # type: ignore[arg-type]
+        elif op == "quit" and session is not None:
+            session.in_progress = False
+        elif op == "close" and session is not None:
+            registry.open.discard(session)  # type: ignore[arg-type]
+            del alive[index]
+        assert set(registry.open) == set(alive.values())
+        assert len(registry.open) == len(alive)
+        for client_ip in _IPS:
+            assert registry.count_client(client_ip) == _plain_count(alive.values(), client_ip)
+
+
+def test_a_session_is_counted_under_its_client_once_known() -> None:
+    registry = SessionRegistry()
+    session = FakeConnection(True, "192.0.2.1:2525")
+    registry.open.add(session)  # type: ignore[arg-type]
+    assert registry.count_client("192.0.2.1") == 0  # not yet admitted
+    session.client_text = "192.0.2.1"
+    registry.open.client_known(session)  # type: ignore[arg-type]
+    assert registry.count_client("192.0.2.1") == 1
+    assert registry.count_client("::ffff:192.0.2.1") == 1
+    session.in_progress = False  # answered 221
+    assert registry.count_client("192.0.2.1") == 0
+    registry.open.discard(session)  # type: ignore[arg-type]
+    registry.open.discard(session)  # type: ignore[arg-type]  # twice: no error
+    assert not registry.open and registry.count_client("192.0.2.1") == 0
+
+
+def test_a_leaving_session_is_published_without_itself() -> None:
+    """With several workers, a session leaving publishes its client's count without it."""
+
+    class Counts:
+        def __init__(self) -> None:
+            self.published: list[tuple[str, int]] = []
+
+        def reserve(self, client_ip: str, local: int, limit: int) -> bool:
+            return local < limit
+
+        def publish(self, client_ip: str, local: int) -> None:
+            self.published.append((client_ip, local))
+
+    counts = Counts()
+    registry = SessionRegistry(counts)
+    first, second = FakeConnection(True, "192.0.2.1"), FakeConnection(True, "192.0.2.1")
+    registry.open.update([first, second])  # type: ignore[list-item]
+    registry.open.discard(first)  # type: ignore[arg-type]
+    registry.open.discard(first)  # type: ignore[arg-type]  # not open any more: no publish
+    assert counts.published == [("192.0.2.1", 1)]
