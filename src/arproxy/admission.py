@@ -14,6 +14,7 @@ shared").
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator, MutableSet, Sequence
@@ -120,7 +121,7 @@ class OpenSessions(MutableSet[Connection]):
         old = self._key_of.get(connection)
         if old is None:
             return
-        new = client_key(connection.client_text)
+        new = _address_key(connection.client_text)
         if new != old:
             self._unindex(connection, old)
             self._index(connection, new)
@@ -230,7 +231,9 @@ class SessionRegistry:
         session itself, not kept here: its transport may start closing without a word
         to us (aiosmtpd's QUIT and timeouts, a failed write, a TLS shutdown)."""
         return sum(
-            1 for connection in self.open.of_client(client_key(client_ip)) if connection.in_progress
+            1
+            for connection in self.open.of_client(_address_key(client_ip))
+            if connection.in_progress
         )
 
     async def wait_closed(self, timeout: float) -> None:
@@ -258,6 +261,15 @@ class SessionRegistry:
                 "session %s still busy after %.0fs: closing it", connection.peer_text, grace
             )
             connection.close_with(SHUTTING_DOWN)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_key(client_ip: str) -> ClientKey:
+    """`client_key` of a client's address, remembered: each connection asks for it three
+    times (refusal_for, admit_client, client_known), and busy clients come back. Only
+    client addresses come here, not the one-off "ip:port" texts of sessions not yet
+    admitted, which would only push them out."""
+    return client_key(client_ip)
 
 
 def in_networks(ip: str, networks: Sequence[IPNetwork]) -> bool:
