@@ -76,17 +76,20 @@ class RemoteCounts(Protocol):
 
 
 class OpenSessions(MutableSet[Connection]):
-    """The open sessions, indexed by their client's key (`ratelimit.client_key` of
-    their `client_text`), so that counting one client's sessions reads only that
-    client's, not every open session (that parsed every open session's address for
-    each new connection: a third of admission's CPU at 20 sessions, and growing with
-    the number of sessions). The key is computed once when a session is added, and
-    again when its client becomes known (`client_known`). Every change goes through
-    `add` and `discard`; `on_discard` is told of each session that leaves.
+    """The open sessions, indexed by their client's key (`ratelimit.client_key`), so
+    that counting one client's sessions reads only that client's, not every open
+    session (that parsed every open session's address for each new connection: a
+    third of admission's CPU at 20 sessions, growing with the number of sessions).
+
+    A session of the listener is `opened` before its client is known (the socket's
+    address is being admitted, or a PROXY header is awaited) and counts under no
+    client until `client_known`; `add` takes a session whose `client_text` is its
+    client's address already. Every change goes through `add`, `opened`,
+    `client_known` and `discard`; `on_discard` is told of each session that leaves.
     """
 
     def __init__(self, on_discard: Callable[[Connection], None] | None = None) -> None:
-        self._key_of: dict[Connection, ClientKey] = {}
+        self._key_of: dict[Connection, ClientKey | None] = {}  # None: client not known yet
         self._by_key: dict[ClientKey, set[Connection]] = {}
         self._on_discard = on_discard
 
@@ -100,6 +103,7 @@ class OpenSessions(MutableSet[Connection]):
         return len(self._key_of)
 
     def add(self, connection: Connection) -> None:
+        """A session whose `client_text` is its client's address."""
         if connection not in self._key_of:
             self._index(connection, client_key(connection.client_text))
 
@@ -107,24 +111,35 @@ class OpenSessions(MutableSet[Connection]):
         for connection in connections:
             self.add(connection)
 
-    def discard(self, connection: Connection) -> None:
-        key = self._key_of.pop(connection, None)
-        if key is None:
-            return
-        self._unindex(connection, key)
-        if self._on_discard is not None:
-            self._on_discard(connection)
+    def opened(self, connection: Connection) -> None:
+        """A session whose client is not known yet: it counts in the total only. (Its
+        `client_text` is then the peer's ``ip:port``, which for IPv6 can read as an
+        address of the client's own /64, e.g. ``2001:db8::1:5000``: counted under it,
+        the session stood in its own way when admitted.)"""
+        if connection not in self._key_of:
+            self._key_of[connection] = None
 
     def client_known(self, connection: Connection) -> None:
-        """`connection.client_text` changed (its client's address is known now, from the
-        socket or a PROXY header): count it under its client's key from now on."""
-        old = self._key_of.get(connection)
-        if old is None:
+        """`connection.client_text` is its client's address now (from the socket or a
+        PROXY header): count it under that client from now on."""
+        if connection not in self._key_of:
             return
+        old = self._key_of[connection]
         new = _address_key(connection.client_text)
-        if new != old:
+        if new == old:
+            return
+        if old is not None:
             self._unindex(connection, old)
-            self._index(connection, new)
+        self._index(connection, new)
+
+    def discard(self, connection: Connection) -> None:
+        if connection not in self._key_of:
+            return
+        key = self._key_of.pop(connection)
+        if key is not None:
+            self._unindex(connection, key)
+        if self._on_discard is not None:
+            self._on_discard(connection)
 
     def of_client(self, key: ClientKey) -> Iterable[Connection]:
         """The open sessions counted under `key`, in progress or not."""
@@ -221,10 +236,11 @@ class SessionRegistry:
 
     def count_client(self, client_ip: str) -> int:
         """Sessions in progress from this client: per address for IPv4, per /64 for
-        IPv6 (one IPv6 host has a whole /64 to pick addresses from). A session that
-        has been answered 221 or is closing is over for the client, which may
-        already open its next one (Postfix does as soon as it has its 250): it no
-        longer counts.
+        IPv6 (one IPv6 host has a whole /64 to pick addresses from), an IPv4-mapped
+        IPv6 address as its IPv4 address; a session whose client is not known yet
+        (`OpenSessions.opened`) is nobody's. A session that has been answered 221 or
+        is closing is over for the client, which may already open its next one
+        (Postfix does as soon as it has its 250): it no longer counts.
 
         Reads only this client's open sessions (`OpenSessions.of_client`), whatever
         the number of others. Whether one is still in progress is read from the

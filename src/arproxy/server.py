@@ -166,7 +166,7 @@ class ArproxySMTP(SMTPAdapter):
     def _open(self, transport: asyncio.BaseTransport, peer_ip: str) -> None:
         self._opened = True
         super().connection_made(transport)
-        self.registry.open.add(self)
+        self.registry.open.opened(self)  # under its client once admit_client knows it
         task = self.session_task
         assert task is not None
         task.add_done_callback(self._session_task_done)

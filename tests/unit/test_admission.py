@@ -99,37 +99,48 @@ _IPS = (
 )
 _OPS = st.lists(
     st.tuples(
-        st.sampled_from(["open", "admit", "quit", "close"]),
+        st.sampled_from(["open", "add", "admit", "quit", "close"]),
         st.integers(0, 7),  # which session
         st.sampled_from(_IPS),
-        st.integers(1, 65535),  # its port: "ip:port" is what it counts under until admitted
+        st.integers(1, 65535),  # its port: its client_text is "ip:port" until admitted
     ),
     max_size=60,
 )
 
 
-def _plain_count(sessions: Iterable[FakeConnection], client_ip: str) -> int:
-    """count_client as it was: every open session's key parsed again (the oracle)."""
+class _Session(FakeConnection):
+    def __init__(self, client_text: str, *, admitted: bool) -> None:
+        super().__init__(True, client_text)
+        self.admitted = admitted
+
+
+def _plain_count(sessions: Iterable[_Session], client_ip: str) -> int:
+    """count_client by its definition, every session's key parsed again (the oracle)."""
     key = client_key(client_ip)
-    return sum(1 for s in sessions if s.in_progress and client_key(s.client_text) == key)
+    return sum(
+        1 for s in sessions if s.admitted and s.in_progress and client_key(s.client_text) == key
+    )
 
 
 @given(ops=_OPS)
 def test_count_client_equals_the_plain_count_over_every_session(
     ops: list[tuple[str, int, str, int]],
 ) -> None:
-    """Sessions open (counted under their peer's "ip:port"), learn their client
-    (socket or PROXY header), answer 221 or start closing (no longer in progress),
-    and close, in any order; the indexed count always equals the plain sum."""
+    """Sessions open (client unknown), learn their client (socket or PROXY header),
+    answer 221 or start closing (no longer in progress), and close, in any order; the
+    indexed count always equals the plain sum over every open session."""
     registry = SessionRegistry()
-    alive: dict[int, FakeConnection] = {}
+    alive: dict[int, _Session] = {}
     for op, index, ip, port in ops:
         session = alive.get(index)
         if op == "open" and session is None:
-            alive[index] = FakeConnection(True, f"{ip}:{port}")
+            alive[index] = _Session(f"{ip}:{port}", admitted=False)
+            registry.open.opened(alive[index])  # type: ignore[arg-type]
+        elif op == "add" and session is None:
+            alive[index] = _Session(ip, admitted=True)
             registry.open.add(alive[index])  # type: ignore[arg-type]
         elif op == "admit" and session is not None:
-            session.client_text = ip
+            session.client_text, session.admitted = ip, True
             registry.open.client_known(session)  # type: ignore[arg-type]
         elif op == "quit" and session is not None:
             session.in_progress = False
@@ -145,17 +156,33 @@ def test_count_client_equals_the_plain_count_over_every_session(
 def test_a_session_is_counted_under_its_client_once_known() -> None:
     registry = SessionRegistry()
     session = FakeConnection(True, "192.0.2.1:2525")
-    registry.open.add(session)  # type: ignore[arg-type]
+    registry.open.opened(session)  # type: ignore[arg-type]
+    assert len(registry.open) == 1
     assert registry.count_client("192.0.2.1") == 0  # not yet admitted
     session.client_text = "192.0.2.1"
     registry.open.client_known(session)  # type: ignore[arg-type]
     assert registry.count_client("192.0.2.1") == 1
-    assert registry.count_client("::ffff:192.0.2.1") == 1
+    assert registry.count_client("::ffff:192.0.2.1") == 1  # RFC 4291 section 2.5.5.2
     session.in_progress = False  # answered 221
     assert registry.count_client("192.0.2.1") == 0
     registry.open.discard(session)  # type: ignore[arg-type]
     registry.open.discard(session)  # type: ignore[arg-type]  # twice: no error
     assert not registry.open and registry.count_client("192.0.2.1") == 0
+
+
+def test_an_ipv6_client_is_not_counted_against_itself_while_admitted() -> None:
+    """The peer text of an IPv6 session from port 5000, "2001:db8::1:5000", reads as an
+    address of the client's own /64: counted under it, the session being admitted took
+    the client's only place (max_connections_per_ip = 1) and was refused."""
+    registry = SessionRegistry()
+    config = parse_config("[limits]\nmax_connections_per_ip = 1", "t")
+    session = FakeConnection(True, "2001:db8::1:5000")
+    registry.open.opened(session)  # type: ignore[arg-type]
+    assert not registry.client_is_full("2001:db8::1", config)
+    session.client_text = "2001:db8::1"
+    registry.open.client_known(session)  # type: ignore[arg-type]
+    assert registry.client_is_full("2001:db8::1", config)  # now it is the client's one
+    assert registry.client_is_full("2001:db8::2", config)  # the same /64
 
 
 def test_a_leaving_session_is_published_without_itself() -> None:
