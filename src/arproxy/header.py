@@ -152,6 +152,56 @@ def _item(message: bytes, start: int, stop: int, kind: _Start) -> Field | Stray:
     return Field(kind.group(1), message[start:stop], start, stop, kind.end() - 1 - start)
 
 
+class Message(bytes):
+    """Message content with its header read once: ``header`` is ``read_header(self)``.
+
+    Intake reads the header of each message once and hands this object on; everything that
+    reads the header later (the checks through their context, the rewrite) takes
+    ``header_of(message)``, which for a ``Message`` is that one reading, not another pass
+    over the bytes. A ``bytes`` subclass, so that it travels wherever the content did
+    (``CheckContext.message``, the runner) unchanged; immutable like bytes: its attributes
+    are set once, by ``__new__``. Slices and joins of it are plain bytes.
+
+    ``crlf_only``: every line of the content ends in CRLF (behind intake: always), so
+    consumers that need CRLF lines (dkimpy) can skip their own normalisation.
+    """
+
+    header: Header
+    crlf_only: bool
+
+    def __new__(
+        cls, content: bytes, header: Header | None = None, *, crlf_only: bool | None = None
+    ) -> Message:
+        """``content`` as a Message. ``header`` and ``crlf_only``, when given, must be
+        ``read_header(content)`` and ``only_crlf(content)`` (intake has just found them);
+        else they are found here. One copy of ``content`` (a bytes subclass cannot share
+        its buffer): a memcpy, against the passes over the bytes it saves."""
+        message = super().__new__(cls, content)
+        attributes = vars(message)
+        attributes["header"] = read_header(content) if header is None else header
+        attributes["crlf_only"] = only_crlf(content) if crlf_only is None else crlf_only
+        return message
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Message is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Message is immutable: cannot delete {name!r}")
+
+
+def header_of(message: bytes) -> Header:
+    """The header of ``message``: read once already for a ``Message``, else read now."""
+    if isinstance(message, Message):
+        return message.header
+    return read_header(message)
+
+
+def as_message(content: bytes) -> Message:
+    """``content`` as a ``Message`` (itself if it already is one): for the paths that
+    start from a file (``arproxy check``), which read the header once here."""
+    return content if isinstance(content, Message) else Message(content)
+
+
 def normalize_newlines(content: bytes) -> bytes:
     """Every bare CR and bare LF becomes CRLF: the lines ``read_header`` reads, all CRLF.
 

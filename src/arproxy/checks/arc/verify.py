@@ -43,7 +43,7 @@ from arproxy.checks.dkim.keys import MIN_RSA_BITS, key_for, key_name
 from arproxy.checks.dkim.rsa import install as use_openssl_rsa
 from arproxy.checks.dkim.types import DKIMPY_INPUT_ERRORS, Key, KeyQuery, Unverifiable
 from arproxy.dns import Resolver
-from arproxy.header import Header, read_header
+from arproxy.header import Header, Message, read_header
 
 log = logging.getLogger("arproxy.checks.arc")
 
@@ -79,12 +79,13 @@ async def check(
     if ctx.message is None:
         raise ValueError("the arc check runs on a complete message")
     message, ip = ctx.message, client_address(ctx)
-    # Reading the header walks it: off the loop for a large message, as DKIM does.
     inline = runs_inline(message)
     loop = asyncio.get_running_loop()
-    header = (
-        read_header(message) if inline else await loop.run_in_executor(pool, read_header, message)
-    )
+    if isinstance(message, Message) or inline:
+        header = ctx_header(ctx)  # intake's one reading for a Message: nothing to walk
+    else:
+        # Reading the header walks it: off the loop for a large message, as DKIM does.
+        header = await loop.run_in_executor(pool, read_header, message)
     if not has_arc_fields(header):
         return (ArcResult(Value.NONE, ip),)
     try:
@@ -239,16 +240,24 @@ def client_address(ctx: CheckContext) -> str | None:
     return None if unspecified else ctx.client_ip
 
 
+def ctx_header(ctx: CheckContext) -> Header:
+    """The header of the context's message (which the caller has made sure is there)."""
+    header = ctx.header
+    if header is None:
+        raise ValueError("the arc check runs on a complete message")
+    return header
+
+
 def _on_timeout(ctx: CheckContext) -> tuple[ArcResult, ...]:
     """Out of budget: the keys did not come in time, like a failed lookup (temporary)."""
-    if ctx.message is None or not has_arc_fields(read_header(ctx.message)):
+    if ctx.header is None or not has_arc_fields(ctx.header):
         return (ArcResult(Value.NONE, client_address(ctx)),)
     return (ArcResult(Value.FAIL, client_address(ctx), reason="timeout", temporary=True),)
 
 
 def _on_crash(ctx: CheckContext) -> tuple[ArcResult, ...]:
     """The check raised on this message: the same message would again (not temporary)."""
-    if ctx.message is None or not has_arc_fields(read_header(ctx.message)):
+    if ctx.header is None or not has_arc_fields(ctx.header):
         return (ArcResult(Value.NONE, client_address(ctx)),)
     return (ArcResult(Value.FAIL, client_address(ctx), reason="chain could not be processed"),)
 
