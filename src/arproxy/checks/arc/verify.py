@@ -20,6 +20,7 @@ answers 4xx when the override could have applied but for the DNS (RFC 8601 secti
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Mapping
@@ -233,11 +234,17 @@ def _same_reading(
 def client_address(ctx: CheckContext) -> str | None:
     """smtp.remote-ip (RFC 8617 section 10.1): the client's address; None for the
     unspecified address, which `arproxy check` uses when no --client-ip was given."""
+    return _remote_ip(ctx.client_ip)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remote_ip(client_ip: str) -> str | None:
+    # Cached per worker: a client sends many messages, each parsed the address again.
     try:
-        unspecified = ipaddress.ip_address(ctx.client_ip).is_unspecified
+        unspecified = ipaddress.ip_address(client_ip).is_unspecified
     except ValueError:
         return None
-    return None if unspecified else ctx.client_ip
+    return None if unspecified else client_ip
 
 
 def ctx_header(ctx: CheckContext) -> Header:

@@ -31,8 +31,14 @@ _WHITESPACE = re.compile(rb"\s+")
 def key_name(tags: dict[bytes, bytes]) -> str | None:
     """<s>._domainkey.<d> (RFC 6376 section 3.6.2.1) as a lower-case ASCII DNS name
     (U-labels converted), or None if it is not a valid one."""
+    return _key_name(tags[b"s"], tags[b"d"])
+
+
+@functools.lru_cache(maxsize=256)
+def _key_name(selector: bytes, domain: bytes) -> str | None:
+    # Cached per worker: the same few signers' s= and d= come back message after message.
     try:
-        name = f"{tags[b's'].decode()}._domainkey.{tags[b'd'].decode()}"
+        name = f"{selector.decode()}._domainkey.{domain.decode()}"
     except UnicodeError:
         return None
     return names.idna2003_host_name(name, min_labels=1, underscores=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import email.errors
 import email.policy
 import email.utils
+import functools
 import re
 
 from arproxy import names
@@ -152,8 +153,10 @@ def _a_label_or_error(domain: str) -> str:
     return a_label
 
 
+@functools.lru_cache(maxsize=256)
 def to_a_label(domain: str) -> str | None:
     """`domain` lower-cased with U-labels converted to A-labels (section 6.6.1, IDNA 2003
     as Python's codec implements it); None when it is not a valid host name (RFC 5321
-    section 2.3.5: a fully-qualified name, so at least two labels)."""
+    section 2.3.5: a fully-qualified name, so at least two labels). Cached per worker
+    (a pure function; the same author domains come back message after message)."""
     return names.idna2003_host_name(domain, min_labels=2)
