@@ -256,6 +256,36 @@ def test_the_smtp_path_reads_the_header_once_per_message(monkeypatch: pytest.Mon
     assert sent.endswith(SIGNED_LOOKING.replace(AR, b""))  # the forged field went
 
 
+def test_arproxy_check_reads_the_header_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`arproxy check` (offline.py) starts from a file, through Session.evaluate: it reads
+    the header once there, and the checks share that reading as in the SMTP path."""
+    calls: list[int] = []
+    original = header_module.read_header
+
+    def counting(message: bytes) -> Header:
+        calls.append(len(message))
+        return original(message)
+
+    _readers_replaced(monkeypatch, counting)
+    methods = asyncio.run(_evaluate_offline())
+    assert calls == [len(SIGNED_LOOKING)]
+    assert sorted(methods) == ["arc", "dkim", "dmarc"]
+
+
+async def _evaluate_offline() -> list[str]:
+    config = parse_config('[domains]\nlocal = ["example.com"]\n', "t")
+    resolver = Resolver([HostPort("127.0.0.1", 9)], timeout=0.1)
+    pipeline = Pipeline(config, relay=MemoryRelay(), resolver=resolver)
+    checks = (DKIM_CHECK, ARC_CHECK, DMARC_CHECK)
+    session = Session(pipeline, ClientFacts(ip="0.0.0.0"), checks=checks)
+    try:
+        results = await session.evaluate(SIGNED_LOOKING, sender="alice@good.test")
+    finally:
+        session.close()
+        await pipeline.resources.close()
+    return [result.method for result in results]
+
+
 async def _one_message_through_a_session() -> bytes:
     config = parse_config(
         '[server]\nauthserv_id = "mx.example.com"\n[domains]\nlocal = ["example.com"]\n', "t"
