@@ -8,7 +8,9 @@ live on, so by default such a message is refused, as Postfix's
 DKIM verification and relay, so every later reader sees the same lines.
 
 The header limits are counted on the header as ``arproxy.header`` reads it, the reader every
-later part uses: one reader, one answer on where the header ends and what a field is.
+later part uses: one reader, one answer on where the header ends and what a field is. That
+reading is done here, once per message, and handed on with the content (``Intake.message``):
+the checks and the rewrite use it rather than reading the header again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from arproxy.header import first_bare_newline, normalize_newlines, read_header
+from arproxy.header import Message, first_bare_newline, normalize_newlines, read_header
 from arproxy.replies import (
     BARE_NEWLINE_REFUSED,
     EIGHT_BIT_HEADER_REFUSED,
@@ -44,11 +46,16 @@ class IntakeLimits:
 
 @dataclass(frozen=True)
 class Intake:
-    """The content to work on, or the reply refusing it (and why, for the log)."""
+    """The content to work on, or the reply refusing it (and why, for the log).
+
+    ``message``: for accepted content, the same bytes with the header intake read (the one
+    reading every later part uses, ``arproxy.header.Message``); None when refused.
+    """
 
     content: bytes
     refusal: Reply | None = None
     reason: str = ""
+    message: Message | None = None
 
 
 def take_in(content: bytes, limits: IntakeLimits, *, smtputf8: bool = False) -> Intake:
@@ -84,7 +91,8 @@ def take_in(content: bytes, limits: IntakeLimits, *, smtputf8: bool = False) -> 
     fields = len(header.items)
     if fields > limits.max_header_fields:
         return Intake(content, TOO_MANY_FIELDS, f"{fields} header fields")
-    return Intake(content)
+    # Behind the bare-newline rule above every line ends in CRLF: no consumer re-checks.
+    return Intake(content, message=Message(content, header, crlf_only=True))
 
 
 def _is_utf8(data: bytes) -> bool:

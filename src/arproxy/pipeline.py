@@ -29,6 +29,7 @@ from arproxy.checks.base import Check, MethodResult
 from arproxy.checks.runner import SessionChecks, configured_checks
 from arproxy.config import Config
 from arproxy.dns import Resolver
+from arproxy.header import as_message
 from arproxy.idn import address_with_a_labels
 from arproxy.intake import IntakeLimits, take_in
 from arproxy.outcome import (
@@ -339,7 +340,8 @@ class Session:
         `sender`, if given), with no downstream: `arproxy check` and the bench."""
         if sender is not None:
             self.checks.on_mail(sender)
-        return await self.checks.collect(message, self.config.dns.message_budget)
+        # Its header read once here, as intake does in the SMTP path, for every check.
+        return await self.checks.collect(as_message(message), self.config.dns.message_budget)
 
 
 class Transaction:
@@ -446,8 +448,12 @@ class Transaction:
         intake = take_in(content, self.pipeline.intake_limits, smtputf8=self.smtputf8)
         if intake.refusal is not None:
             return self.refused(Decider.INTAKE, intake.refusal, intake.reason, size=len(content))
+        # The content with the header intake read: the checks and the rewrite use that one
+        # reading (arproxy.header.Message) instead of reading the header again each.
+        message = intake.message
+        assert message is not None, "intake gives the message whenever it accepts"
         content = intake.content
-        results = await self.checks.collect(content, config.dns.message_budget)
+        results = await self.checks.collect(message, config.dns.message_budget)
         # A trusted ARC sealer's override marks the DMARC result: its comment and the
         # log line say so, and `decide` does not apply reject_dmarc to it.
         results = policy.with_arc_override(results, config.policy)
@@ -469,7 +475,7 @@ class Transaction:
             smtputf8=self.smtputf8,
         )
         prepend = [field.encode("utf-8"), received_field(trace)]
-        rewritten = rewrite_header(content, prepend, self.pipeline.forgery_policy)
+        rewritten = rewrite_header(message, prepend, self.pipeline.forgery_policy)
         signed = await self.pipeline.signing.stamp(
             rewritten.message,
             field,

@@ -19,7 +19,7 @@ from typing import Literal
 
 from .authres import authserv_id_matches, recover_authserv_id
 from .authres.lenient import unfold
-from .header import CRLF, Field, read_header
+from .header import CRLF, Field, header_of
 
 _RENAMED_FIELD = b"Original-Authentication-Results"
 _AR_FIELD = "authentication-results"
@@ -53,24 +53,31 @@ def rewrite_header(
 
     ``prepend`` holds complete fields ending in CRLF, written at the very top in that order
     (with LF line ends instead if the message uses bare LF). Never raises on any ``message``.
+    A ``header.Message`` (the SMTP path, from intake) is not read again: its ``header`` is
+    used. The result is one new bytes object (the message is copied once, by the join).
     """
     for new_field in prepend:
         if not new_field.endswith(CRLF):
             raise ValueError("a prepended field must end with CRLF")
-    header = read_header(message)
-    parts: list[bytes] = [_with_line_ends_of(message, new_field) for new_field in prepend]
+    header = header_of(message)  # intake's reading, when ``message`` is a header.Message
+    parts: list[bytes | memoryview] = [
+        _with_line_ends_of(message, new_field) for new_field in prepend
+    ]
     removed: list[str] = []
     kept_from = 0
+    # The kept runs are views, not slices: the join below is the one copy of the message
+    # (a slice of the body would copy its bytes once more before the join copies them).
+    content = memoryview(message)
     for field in header.named(_AR_FIELD):
         forged_id = _forged_id(field, policy)
         if forged_id is None:
             continue
         removed.append(forged_id)
-        parts.append(message[kept_from : field.start])
+        parts.append(content[kept_from : field.start])
         if policy.action == "rename":
             parts.append(_RENAMED_FIELD + field.raw[len(field.name) :])
         kept_from = field.stop
-    parts.append(message[kept_from:])
+    parts.append(content[kept_from:])
     return RewriteOutcome(b"".join(parts), tuple(removed))
 
 
@@ -107,6 +114,6 @@ def _candidate_ids(value: str) -> tuple[str, ...]:
 def _with_line_ends_of(message: bytes, field: bytes) -> bytes:
     """``field`` with bare LF line ends if the message's first line ends in a bare LF."""
     first_line_end = message.find(_LF)
-    if first_line_end >= 0 and not message[:first_line_end].endswith(b"\r"):
+    if first_line_end >= 0 and not message.endswith(b"\r", 0, first_line_end):
         return field.replace(CRLF, _LF)
     return field

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from arproxy import header as header_module
 from arproxy.header import Field, Stray, normalize_newlines, read_header
 
 
@@ -175,3 +176,55 @@ def test_never_raises_and_covers_the_header_exactly(message: bytes) -> None:
         assert field.raw == message[field.start : field.stop]
         assert field.raw[field.colon : field.colon + 1] == b":"
         assert field.raw.startswith(field.name)
+
+
+# --- The CRLF reader: the line-by-line reader's answer, without a step per line ------------
+
+_CRLF_LINES = st.sampled_from(
+    [
+        b"From: a@example.org",
+        b"Subject : hi",
+        b" folded",
+        b"\tfolded too",
+        b"not a field",
+        b"X-Empty:",
+        b":no name",
+        b"Sp ace: x",
+        b"a\rb: bare CR inside",
+        b"c\nd: bare LF inside",
+    ]
+)
+
+
+@given(st.lists(_CRLF_LINES, max_size=12), st.binary(max_size=20))
+def test_the_crlf_reader_gives_the_general_readers_header(lines: list[bytes], body: bytes) -> None:
+    message = b"".join(line + b"\r\n" for line in lines) + b"\r\n" + body
+    fast = header_module._read_crlf_header(message)
+    general = header_module.read_any_header(message)
+    assert read_header(message) == general
+    if fast is not None:
+        assert fast == general
+    elif lines and not any(b"\r" in line or b"\n" in line for line in lines):
+        raise AssertionError("a CRLF-only header with a body must take the CRLF reader")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"\r\nFrom: a@example.org\r\n\r\nbody",  # empty header: general reader
+        b"From: a@example.org\r\n",  # no empty line, no body: general reader
+        b"From: a@example.org\nX: 1\r\n\r\nbody",  # bare LF: general reader
+        b"From: a@example.org\r\n\r\nX: 1\n\n",  # bare LF only in the body: CRLF reader
+        b" lead\r\n more\r\nFrom: a@example.org\r\n\r\nbody",
+    ],
+)
+def test_either_reader_reads_the_same_header(message: bytes) -> None:
+    assert read_header(message) == header_module.read_any_header(message)
+
+
+def test_a_shared_header_answers_named_the_same_every_time() -> None:
+    header = read_header(b"From: a\r\nfrom : b\r\nTo: c\r\n\r\n")
+    assert [f.raw for f in header.named("FROM")] == [b"From: a\r\n", b"from : b\r\n"]
+    assert header.named("from") == header.named("From")
+    assert header.named("cc") == ()
+    assert header == read_header(b"From: a\r\nfrom : b\r\nTo: c\r\n\r\n")  # caches not compared

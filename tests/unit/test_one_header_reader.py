@@ -10,20 +10,38 @@ as line ends (arproxy.header's one documented reading).
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from arproxy import header as header_module
+from arproxy.checks.arc.verify import CHECK as ARC_CHECK
+from arproxy.checks.arc.verify import check as arc_check
+from arproxy.checks.base import CheckContext, Value
 from arproxy.checks.dkim import dkimpy_message
+from arproxy.checks.dkim.dkimpy import Verifier
+from arproxy.checks.dkim.verify import CHECK as DKIM_CHECK
+from arproxy.checks.dkim.verify import check as dkim_check
 from arproxy.checks.dmarc import AuthorError, author_domains
+from arproxy.checks.dmarc.evaluate import CHECK as DMARC_CHECK
 from arproxy.client import trusted_results
-from arproxy.header import Header, read_header
+from arproxy.config import HostPort, parse_config
+from arproxy.dns import Resolver
+from arproxy.header import Header, Message, header_of, read_header
 from arproxy.intake import (
     LEADING_CONTINUATION_REFUSED,
     TOO_MANY_FIELDS,
     IntakeLimits,
     take_in,
 )
+from arproxy.outcome import ClientFacts
+from arproxy.pipeline import Pipeline, Session
+from arproxy.relay import Opened
+from arproxy.replies import Reply
 from arproxy.rewrite import ForgeryPolicy, rewrite_header
 
 OURS = "mx.example.com"
@@ -167,3 +185,151 @@ def test_random_headers_are_read_alike_by_every_part(lines: list[tuple[bytes, by
     assert from_count(message) == names.count(b"From")
     removed = rewrite_header(message, PREPEND, POLICY).removed
     assert len(removed) == names.count(b"Authentication-Results")
+
+
+# --- One reading per message: intake's, handed to every consumer -----------------------------
+
+SIGNED_LOOKING = (
+    b"From: Alice <alice@good.test>\r\n"
+    b"Subject : hello\r\n" + AR + b"To: bob@example.com\r\n\r\nbody\r\n"
+)
+
+
+def _readers_replaced(monkeypatch: pytest.MonkeyPatch, replacement: object) -> None:
+    """Every module's ``read_header`` (the function itself and each name imported from it)."""
+    original = header_module.read_header
+    for module in list(sys.modules.values()):
+        if getattr(module, "read_header", None) is original:
+            monkeypatch.setattr(module, "read_header", replacement)
+
+
+def _no_second_read(message: bytes) -> Header:
+    raise AssertionError("the header was read again")
+
+
+def test_every_consumer_gets_intakes_one_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9: intake reads the header once; the rewrite, DKIM, DMARC and ARC use that
+    reading (arproxy.header.Message), none reads the header again."""
+    message = take_in(SIGNED_LOOKING, IntakeLimits("reject", "accept", 4096, 50)).message
+    assert isinstance(message, Message)
+    assert message.header == read_header(SIGNED_LOOKING)
+    _readers_replaced(monkeypatch, _no_second_read)
+    ctx = CheckContext(client_ip="192.0.2.1", message=message)
+    assert ctx.header is message.header
+    assert header_of(message) is message.header
+    assert len(rewrite_header(message, PREPEND, POLICY).removed) == 1
+    assert author_domains(message) == ("good.test",)
+    fields, body = dkimpy_message(message, message.header)
+    assert [bytes(name) for name, _ in fields] == [
+        b"From",
+        b"Subject ",
+        b"Authentication-Results",
+        b"To",
+    ]
+    assert body == b"body\r\n"
+    assert Verifier(message).signatures() == []
+    dkim_value, arc_value = asyncio.run(_dkim_and_arc(ctx))
+    assert dkim_value is Value.NONE  # no DKIM-Signature field: no DNS either
+    assert arc_value is Value.NONE
+
+
+async def _dkim_and_arc(ctx: CheckContext) -> tuple[Value, Value]:
+    resolver = Resolver([HostPort("127.0.0.1", 9)], timeout=0.1)
+    (dkim_result,) = await dkim_check(ctx, resolver)
+    (arc_result,) = await arc_check(ctx, resolver)
+    return dkim_result.value, arc_result.value
+
+
+def test_the_smtp_path_reads_the_header_once_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through pipeline.Session with the real DKIM, ARC and DMARC checks (no DNS answers:
+    DMARC ends temperror, which changes nothing here): one read_header call per message."""
+    calls: list[int] = []
+    original = header_module.read_header
+
+    def counting(message: bytes) -> Header:
+        calls.append(len(message))
+        return original(message)
+
+    _readers_replaced(monkeypatch, counting)
+    sent = asyncio.run(_one_message_through_a_session())
+    assert calls == [len(SIGNED_LOOKING)]
+    assert sent.endswith(SIGNED_LOOKING.replace(AR, b""))  # the forged field went
+
+
+def test_arproxy_check_reads_the_header_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`arproxy check` (offline.py) starts from a file, through Session.evaluate: it reads
+    the header once there, and the checks share that reading as in the SMTP path."""
+    calls: list[int] = []
+    original = header_module.read_header
+
+    def counting(message: bytes) -> Header:
+        calls.append(len(message))
+        return original(message)
+
+    _readers_replaced(monkeypatch, counting)
+    methods = asyncio.run(_evaluate_offline())
+    assert calls == [len(SIGNED_LOOKING)]
+    assert sorted(methods) == ["arc", "dkim", "dmarc"]
+
+
+async def _evaluate_offline() -> list[str]:
+    config = parse_config('[domains]\nlocal = ["example.com"]\n', "t")
+    resolver = Resolver([HostPort("127.0.0.1", 9)], timeout=0.1)
+    pipeline = Pipeline(config, relay=MemoryRelay(), resolver=resolver)
+    checks = (DKIM_CHECK, ARC_CHECK, DMARC_CHECK)
+    session = Session(pipeline, ClientFacts(ip="0.0.0.0"), checks=checks)
+    try:
+        results = await session.evaluate(SIGNED_LOOKING, sender="alice@good.test")
+    finally:
+        session.close()
+        await pipeline.resources.close()
+    return [result.method for result in results]
+
+
+async def _one_message_through_a_session() -> bytes:
+    config = parse_config(
+        '[server]\nauthserv_id = "mx.example.com"\n[domains]\nlocal = ["example.com"]\n', "t"
+    )
+    relay = MemoryRelay()
+    resolver = Resolver([HostPort("127.0.0.1", 9)], timeout=0.1)
+    pipeline = Pipeline(config, relay=relay, resolver=resolver)
+    checks = (DKIM_CHECK, ARC_CHECK, DMARC_CHECK)
+    session = Session(pipeline, ClientFacts(ip="192.0.2.1", port=40000), checks=checks)
+    try:
+        assert await session.helo("client.example.net", esmtp=True) is None
+        await session.mail("alice@good.test", [])
+        await session.rcpt("bob@example.com")
+        outcome = await session.data(SIGNED_LOOKING)
+        assert outcome.reply.is_success, outcome
+    finally:
+        session.close()
+        await pipeline.finish_background(timeout=1.0)
+        await pipeline.resources.close()
+    (sent,) = relay.sent
+    return sent
+
+
+class MemoryRelay:
+    """relay.Relay and relay.Delivery in memory: accepts everything, keeps what it got."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def prepare(self) -> None:
+        pass
+
+    async def shutdown(self, timeout: float) -> None:
+        pass
+
+    async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
+        return Opened(self, Reply.of(250, "2.1.0", "Ok"))
+
+    async def add_recipient(self, recipient: str) -> Reply:
+        return Reply.of(250, "2.1.5", "Ok")
+
+    async def send(self, message: bytes) -> Reply:
+        self.sent.append(message)
+        return Reply.of(250, "2.0.0", "Ok: queued")
+
+    async def close(self) -> None:
+        pass

@@ -17,6 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from arproxy.authres import ResInfo
 from arproxy.dns import Resolver
+from arproxy.header import Header, header_of
 
 
 class Stage(enum.IntEnum):
@@ -142,8 +143,16 @@ class CheckContext:
     mail_from: str | None = None  # "<>" for the null sender, as aiosmtpd gives it
     auth_identity: str | None = None
     auth_failed_identity: str | None = None  # last refused AUTH user, if none succeeded
+    # The content; in the SMTP path (and `arproxy check`) an arproxy.header.Message, which
+    # carries the header intake read, so that `header` below reads nothing again.
     message: bytes | None = None
     prior: tuple[MethodResult, ...] = ()  # results of earlier checks (for DMARC)
+
+    @property
+    def header(self) -> Header | None:
+        """The message's header (arproxy.header, the one reader), None before DATA: the
+        one reading intake made for a Message, else read now (a test's plain bytes)."""
+        return None if self.message is None else header_of(self.message)
 
     def prior_of(self, method: str) -> tuple[MethodResult, ...]:
         return tuple(r for r in self.prior if r.method == method)

@@ -20,6 +20,7 @@ answers 4xx when the override could have applied but for the DNS (RFC 8601 secti
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ from arproxy.checks.dkim.keys import MIN_RSA_BITS, key_for, key_name
 from arproxy.checks.dkim.rsa import install as use_openssl_rsa
 from arproxy.checks.dkim.types import DKIMPY_INPUT_ERRORS, Key, KeyQuery, Unverifiable
 from arproxy.dns import Resolver
-from arproxy.header import Header, read_header
+from arproxy.header import Header, Message, read_header
 
 log = logging.getLogger("arproxy.checks.arc")
 
@@ -79,12 +80,13 @@ async def check(
     if ctx.message is None:
         raise ValueError("the arc check runs on a complete message")
     message, ip = ctx.message, client_address(ctx)
-    # Reading the header walks it: off the loop for a large message, as DKIM does.
     inline = runs_inline(message)
     loop = asyncio.get_running_loop()
-    header = (
-        read_header(message) if inline else await loop.run_in_executor(pool, read_header, message)
-    )
+    if isinstance(message, Message) or inline:
+        header = ctx_header(ctx)  # intake's one reading for a Message: nothing to walk
+    else:
+        # Reading the header walks it: off the loop for a large message, as DKIM does.
+        header = await loop.run_in_executor(pool, read_header, message)
     if not has_arc_fields(header):
         return (ArcResult(Value.NONE, ip),)
     try:
@@ -232,23 +234,37 @@ def _same_reading(
 def client_address(ctx: CheckContext) -> str | None:
     """smtp.remote-ip (RFC 8617 section 10.1): the client's address; None for the
     unspecified address, which `arproxy check` uses when no --client-ip was given."""
+    return _remote_ip(ctx.client_ip)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remote_ip(client_ip: str) -> str | None:
+    # Cached per worker: a client sends many messages, each parsed the address again.
     try:
-        unspecified = ipaddress.ip_address(ctx.client_ip).is_unspecified
+        unspecified = ipaddress.ip_address(client_ip).is_unspecified
     except ValueError:
         return None
-    return None if unspecified else ctx.client_ip
+    return None if unspecified else client_ip
+
+
+def ctx_header(ctx: CheckContext) -> Header:
+    """The header of the context's message (which the caller has made sure is there)."""
+    header = ctx.header
+    if header is None:
+        raise ValueError("the arc check runs on a complete message")
+    return header
 
 
 def _on_timeout(ctx: CheckContext) -> tuple[ArcResult, ...]:
     """Out of budget: the keys did not come in time, like a failed lookup (temporary)."""
-    if ctx.message is None or not has_arc_fields(read_header(ctx.message)):
+    if ctx.header is None or not has_arc_fields(ctx.header):
         return (ArcResult(Value.NONE, client_address(ctx)),)
     return (ArcResult(Value.FAIL, client_address(ctx), reason="timeout", temporary=True),)
 
 
 def _on_crash(ctx: CheckContext) -> tuple[ArcResult, ...]:
     """The check raised on this message: the same message would again (not temporary)."""
-    if ctx.message is None or not has_arc_fields(read_header(ctx.message)):
+    if ctx.header is None or not has_arc_fields(ctx.header):
         return (ArcResult(Value.NONE, client_address(ctx)),)
     return (ArcResult(Value.FAIL, client_address(ctx), reason="chain could not be processed"),)
 

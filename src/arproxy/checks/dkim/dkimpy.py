@@ -27,7 +27,7 @@ from arproxy.checks.base import Value
 from arproxy.checks.dkim.keys import MIN_RSA_BITS
 from arproxy.checks.dkim.rsa import install as use_openssl_rsa
 from arproxy.checks.dkim.types import DKIMPY_INPUT_ERRORS, Key, Signature, Unverifiable, parse_tags
-from arproxy.header import CRLF, Header, normalize_newlines, read_header
+from arproxy.header import CRLF, Header, Message, header_of, normalize_newlines, only_crlf
 
 log = logging.getLogger("arproxy.checks.dkim")
 
@@ -69,15 +69,25 @@ def dkimpy_message(message: bytes, header: Header) -> tuple[list[list[bytes]], b
     CRLF (as dkimpy itself writes them); stray lines belong to no field and are not there,
     as no signer could have hashed them. The body's line ends become CRLF too, which is what
     RFC 6376 section 3.4 canonicalises (behind intake, nothing changes: all are CRLF).
+
+    ``header`` is ``read_header(message)``. A message whose lines all end in CRLF (every
+    ``Message`` from intake says so) is not scanned again field by field: its fields and
+    body are taken as they are.
     """
+    crlf = message.crlf_only if isinstance(message, Message) else only_crlf(message)
+    normalize = _unchanged if crlf else normalize_newlines
     fields = [
-        [_FieldName(field.raw[: field.colon]), normalize_newlines(field.value)]
-        for field in header.fields
+        [_FieldName(field.raw[: field.colon]), normalize(field.value)] for field in header.fields
     ]
-    for field in fields:
-        if not field[1].endswith(CRLF):
-            field[1] += CRLF  # the last field of a message without body: dkimpy adds it too
-    return fields, normalize_newlines(message[header.body_start :])
+    if fields and not fields[-1][1].endswith(CRLF):
+        # The last field of a message without body (only it can lack a line end, every
+        # other one ends where the next begins): dkimpy adds the CRLF too.
+        fields[-1][1] += CRLF
+    return fields, normalize(message[header.body_start :])
+
+
+def _unchanged(content: bytes) -> bytes:
+    return content
 
 
 # Up to this size a message is read and each of its signatures verified on the event loop
@@ -106,14 +116,22 @@ class Verifier:
         self.inline = runs_inline(message)
         use_openssl_rsa()  # dkimpy's RSA check done by OpenSSL, same verdicts (checks.dkim.rsa)
         self._dkim = dkim.DKIM(b"", logger=log, minkey=MIN_RSA_BITS)
-        self._dkim.headers, self._dkim.body = dkimpy_message(message, read_header(message))
+        header = header_of(message)  # intake's reading for a Message: not read again
+        self._dkim.headers, self._dkim.body = dkimpy_message(message, header)
+        # The DKIM-Signature values as dkimpy holds them, in its order (``headers`` has one
+        # entry per field of ``header.fields``): dkimpy's ``idx`` counts these.
+        self._signature_values = [
+            value
+            for field, (_, value) in zip(header.fields, self._dkim.headers, strict=True)
+            if field.name.lower() == b"dkim-signature"
+        ]
 
     def signatures(self) -> list[Signature]:
         """Every DKIM-Signature field, in header order (dkimpy's own indexing)."""
-        values = [
-            bytes(value) for name, value in self._dkim.headers if name.lower() == b"dkim-signature"
+        return [
+            Signature(index, parse_tags(value))
+            for index, value in enumerate(self._signature_values)
         ]
-        return [Signature(index, parse_tags(value)) for index, value in enumerate(values)]
 
     async def verify(self, signature: Signature, key: Key | Unverifiable) -> bool:
         """dkimpy's verdict on one signature, its key lookup answered with `key`;

@@ -7,7 +7,9 @@ then only replays the outcome (checks.dkim.dkimpy).
 
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import dataclass
 
 import dkim
 
@@ -29,8 +31,14 @@ _WHITESPACE = re.compile(rb"\s+")
 def key_name(tags: dict[bytes, bytes]) -> str | None:
     """<s>._domainkey.<d> (RFC 6376 section 3.6.2.1) as a lower-case ASCII DNS name
     (U-labels converted), or None if it is not a valid one."""
+    return _key_name(tags[b"s"], tags[b"d"])
+
+
+@functools.lru_cache(maxsize=256)
+def _key_name(selector: bytes, domain: bytes) -> str | None:
+    # Cached per worker: the same few signers' s= and d= come back message after message.
     try:
-        name = f"{tags[b's'].decode()}._domainkey.{tags[b'd'].decode()}"
+        name = f"{selector.decode()}._domainkey.{domain.decode()}"
     except UnicodeError:
         return None
     return names.idna2003_host_name(name, min_labels=1, underscores=True)
@@ -63,45 +71,92 @@ async def key_for(dns: Resolver, query: KeyQuery | Unverifiable) -> Key | Unveri
 
 
 def judge_key(record: bytes, sig_tags: dict[bytes, bytes]) -> Key:
-    """A usable key from one TXT record, or Unverifiable (always permerror) saying why."""
+    """A usable key from one TXT record, or Unverifiable (always permerror) saying why.
+
+    The checks of the record alone are made once per distinct record (`_read_record`,
+    cached per worker: the same few keys sign most mail, and reading a key's ASN.1 in
+    dkimpy is most of this function's CPU); those against the signature every time, in
+    the order RFC 6376 6.1.2 lists them, so the reason given is the one it always was.
+    """
+    read = _read_record(record)
+    if isinstance(read, tuple):
+        raise Unverifiable(*read)
+    sig_key_type, _, sig_hash = sig_tags[b"a"].partition(b"-")
+    if read.key_type != sig_key_type:
+        # RFC 6376 6.1.2: PERMFAIL (inappropriate key algorithm).
+        raise Unverifiable(Value.PERMERROR, "inappropriate key algorithm")
+    if read.hashes is not None and sig_hash not in read.hashes:
+        # RFC 6376 6.1.2: PERMFAIL (inappropriate hash algorithm).
+        raise Unverifiable(Value.PERMERROR, "inappropriate hash algorithm")
+    if not read.for_email:
+        # RFC 6376 3.6.1 s=: a colon-separated list of service types; without "email" or
+        # "*" the key is not for mail. (dkimpy reads s= as a single value, so it never
+        # sees this tag: the record we hand it holds only k= and p=.)
+        raise Unverifiable(Value.PERMERROR, "key not for e-mail")
+    if read.strict_identity and not _identity_domain_is_d(sig_tags):
+        # RFC 6376 3.6.1 t=s: the i= domain MUST NOT be a subdomain of d=.
+        raise Unverifiable(Value.PERMERROR, "i= domain not allowed by key (t=s)")
+    if isinstance(read.key, tuple):
+        raise Unverifiable(*read.key)
+    return read.key
+
+
+# (value, reason) of an Unverifiable: a cached problem is raised as a new exception each
+# time, never the same object (a re-raised exception keeps growing its traceback).
+_Problem = tuple[Value, str]
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What one key record says, read once: its tags as the checks against a signature
+    need them, and the key dkimpy gets (or the problem with it)."""
+
+    key_type: bytes
+    hashes: frozenset[bytes] | None  # h=, None: any hash
+    for_email: bool  # s= includes "email" or "*" (or is absent)
+    strict_identity: bool  # t=s
+    key: Key | _Problem
+
+
+@functools.lru_cache(maxsize=256)
+def _read_record(record: bytes) -> _Record | _Problem:
+    """The checks of RFC 6376 3.6.1 and 6.1.2 and RFC 8301 that depend on the record alone;
+    a problem found before any check against the signature is returned as such."""
     tags = parse_tags(record)
     if tags is None:
-        raise Unverifiable(Value.PERMERROR, "key syntax error")
+        return Value.PERMERROR, "key syntax error"
     version = tags.get(b"v")
     if version is not None and (version != b"DKIM1" or next(iter(tags)) != b"v"):
         # RFC 6376 3.6.1: v= if present MUST be DKIM1 and the first tag; 6.1.2: MUST
         # ignore keys with a version they do not implement.
-        raise Unverifiable(Value.PERMERROR, "key syntax error")
+        return Value.PERMERROR, "key syntax error"
     if b"p" not in tags:
-        raise Unverifiable(Value.PERMERROR, "key syntax error")
+        return Value.PERMERROR, "key syntax error"
     public_key = _WHITESPACE.sub(b"", tags[b"p"])
     if not public_key:
         # RFC 6376 3.6.1: "An empty value means that this public key has been revoked";
         # 6.1.2: PERMFAIL (key revoked), and "there is no defined semantic difference
         # between a key that has been revoked and a key record that has been removed",
         # so the same permerror as a missing key, with its own reason.
-        raise Unverifiable(Value.PERMERROR, "key revoked")
+        return Value.PERMERROR, "key revoked"
     key_type = tags.get(b"k", b"rsa")
-    sig_key_type, _, sig_hash = sig_tags[b"a"].partition(b"-")
-    if key_type != sig_key_type:
-        # RFC 6376 6.1.2: PERMFAIL (inappropriate key algorithm).
-        raise Unverifiable(Value.PERMERROR, "inappropriate key algorithm")
-    if b"h" in tags and sig_hash not in _tag_list(tags[b"h"]):
-        # RFC 6376 6.1.2: PERMFAIL (inappropriate hash algorithm).
-        raise Unverifiable(Value.PERMERROR, "inappropriate hash algorithm")
-    if b"s" in tags and not {b"*", b"email"} & _tag_list(tags[b"s"]):
-        # RFC 6376 3.6.1 s=: a colon-separated list of service types; without "email" or
-        # "*" the key is not for mail. (dkimpy reads s= as a single value, so it never
-        # sees this tag: the record we hand it holds only k= and p=.)
-        raise Unverifiable(Value.PERMERROR, "key not for e-mail")
-    if b"s" in _tag_list(tags.get(b"t", b"")) and not _identity_domain_is_d(sig_tags):
-        # RFC 6376 3.6.1 t=s: the i= domain MUST NOT be a subdomain of d=.
-        raise Unverifiable(Value.PERMERROR, "i= domain not allowed by key (t=s)")
-    clean_record = b"k=" + key_type + b"; p=" + public_key
-    keysize = _keysize(clean_record)
+    return _Record(
+        key_type=key_type,
+        hashes=frozenset(_tag_list(tags[b"h"])) if b"h" in tags else None,
+        for_email=b"s" not in tags or bool({b"*", b"email"} & _tag_list(tags[b"s"])),
+        strict_identity=b"s" in _tag_list(tags.get(b"t", b"")),
+        key=_usable_key(b"k=" + key_type + b"; p=" + public_key, key_type),
+    )
+
+
+def _usable_key(clean_record: bytes, key_type: bytes) -> Key | _Problem:
+    try:
+        keysize = _keysize(clean_record)
+    except Unverifiable as problem:
+        return problem.value, problem.reason
     if key_type == b"rsa" and keysize < MIN_RSA_BITS:
         # RFC 8301 section 3.2: keys under 1024 bits MUST NOT be considered valid.
-        raise Unverifiable(Value.PERMERROR, "key too small")
+        return Value.PERMERROR, "key too small"
     return Key(clean_record, keysize)
 
 

@@ -36,7 +36,6 @@ from arproxy.checks.dkim.dkimpy import Verifier, runs_inline, verify_signature
 from arproxy.checks.dkim.keys import key_for, key_name
 from arproxy.checks.dkim.types import DkimResult, Key, KeyQuery, Signature, Unverifiable
 from arproxy.dns import Resolver
-from arproxy.header import read_header
 
 log = logging.getLogger("arproxy.checks.dkim")
 
@@ -61,8 +60,9 @@ async def check(
     executor, for tests and one-shot tools)."""
     if ctx.message is None:
         raise ValueError("the dkim check runs on a complete message")
-    # Reading the header and normalising the body's line ends walk the whole message: off
-    # the loop too, unless the message is small (dkimpy.INLINE_MAX_BYTES).
+    # Building dkimpy's view of the message (and, for plain bytes, reading the header and
+    # normalising the body's line ends) walks the whole message: off the loop too, unless
+    # the message is small (dkimpy.INLINE_MAX_BYTES). Intake's Message is not read again.
     if runs_inline(ctx.message):
         verifier = Verifier(ctx.message, pool)
     else:
@@ -196,7 +196,8 @@ def _on_timeout(ctx: CheckContext) -> tuple[DkimResult, ...]:
 def _on_crash(ctx: CheckContext) -> tuple[DkimResult, ...]:
     """The check raised on this message: the same message would make it raise again, so
     nothing about it is temporary (RFC 8601 section 2.7.1 permerror, never temperror)."""
-    if ctx.message is None or not read_header(ctx.message).named("dkim-signature"):
+    header = ctx.header
+    if header is None or not header.named("dkim-signature"):
         return (DkimResult(Value.NONE),)
     return (DkimResult(Value.PERMERROR, reason="message could not be processed"),)
 

@@ -3,6 +3,16 @@
 The From field is hostile input and a known place to attack DMARC (several From fields, an
 address list, text two parsers read differently): anything this module cannot read one way
 only is an AuthorError (permerror), and no domain leaves it before it is a checked A-label.
+
+Two readers, one answer. The general one is the stdlib's ``email.headerregistry`` (all of
+RFC 5322 section 3.6.2, obsolete syntax included), checked against ``email.utils``'s older
+parser. Most From fields are one of two plain shapes, ``addr-spec`` or ``display-name
+<addr-spec>``, and for them a strict matcher written from RFC 5322 sections 3.2.3, 3.2.4,
+3.4 and 3.4.1 finds the domain without the registry (about half of the DMARC check's CPU
+under the bench load). It takes a value only when the whole of it is that shape in ASCII,
+with no comment, group, second mailbox, encoded-word (RFC 2047) or obsolete form; anything
+else goes to the general reader. tests/unit/checks/test_dmarc_author_fast.py checks that
+the two give the same domains on every value the matcher takes.
 """
 
 from __future__ import annotations
@@ -10,10 +20,11 @@ from __future__ import annotations
 import email.errors
 import email.policy
 import email.utils
+import functools
 import re
 
 from arproxy import names
-from arproxy.header import read_header
+from arproxy.header import header_of
 
 # A From field longer than this is abuse, not mail; the stdlib address parser is slow on it.
 MAX_FROM_FIELD_CHARS = 4096
@@ -25,6 +36,23 @@ MAX_AUTHOR_DOMAINS = 5
 _ACCEPTED_DEFECTS = (email.errors.ObsoleteHeaderDefect, email.errors.NonASCIILocalPartDefect)
 # RFC 5322 section 3.6.8 ftext; white space before the colon is the obsolete syntax (4.5).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+# The plain shapes of one mailbox (RFC 5322 section 3.4), white space as the only CFWS:
+#   atext (3.2.3), dot-atom-text (3.2.3), addr-spec with a dot-atom local-part and domain
+#   (3.4.1: no quoted local-part, no domain-literal), a display-name that is words (atoms or
+#   quoted-strings of qtext and white space, 3.2.4) separated by white space, and the
+#   angle-addr "<" addr-spec ">" (no obs-route). "=?" nowhere: an encoded-word (RFC 2047
+#   section 2) is a string of atext, which only the general reader decodes.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
+_DOT_ATOM_TEXT = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_WORD = rf'(?:{_ATEXT}+|"[ \t\x21\x23-\x5b\x5d-\x7e]*")'
+_PLAIN_MAILBOX = re.compile(
+    rf"(?!.*=\?)[ \t]*"
+    rf"(?:{_DOT_ATOM_TEXT}@(?P<bare>{_DOT_ATOM_TEXT})"
+    rf"|(?:{_WORD}(?:[ \t]+{_WORD})*[ \t]*)?<{_DOT_ATOM_TEXT}@(?P<angled>{_DOT_ATOM_TEXT})>)"
+    rf"[ \t]*",
+    re.ASCII,
+)
 
 
 class AuthorError(ValueError):
@@ -45,7 +73,7 @@ def author_domains(message: bytes | None) -> tuple[str, ...]:
     # belongs to no field. RFC 5322 section 2.2.3: unfolding drops only the line ends.
     values = [
         field.unfolded().decode("utf-8", errors="replace")
-        for field in read_header(message).named("from")
+        for field in header_of(message).named("from")  # intake's reading for a Message
     ]
     if not values:
         raise AuthorError("no From field")
@@ -63,6 +91,25 @@ def _mailbox_domains(value: str) -> list[str]:
         raise AuthorError(f"From field of {len(value)} characters")
     if _CONTROL.search(value):
         raise AuthorError("control character in the From field")
+    plain = plain_mailbox_domain(value)
+    if plain is not None:
+        return [plain]
+    return parsed_mailbox_domains(value)
+
+
+def plain_mailbox_domain(value: str) -> str | None:
+    """The domain of a From field value that is one plain mailbox (``_PLAIN_MAILBOX``,
+    RFC 5322 section 3.4), as written; None for any other value (it goes to the general
+    reader, which gives the same domains on every value this one takes)."""
+    plain = _PLAIN_MAILBOX.fullmatch(value)
+    if plain is None:
+        return None
+    return plain.group("bare") or plain.group("angled")
+
+
+def parsed_mailbox_domains(value: str) -> list[str]:
+    """The domains of a From field value by the general reader: the header registry,
+    confirmed by the older parser; AuthorError when they disagree or find no domain."""
     domains = _domains_by_header_registry(value)
     # A second, independent reading (the older parser, which leaves encoded-words alone):
     # if the two disagree, which domain a reader sees depends on its parser, the ground of
@@ -106,8 +153,10 @@ def _a_label_or_error(domain: str) -> str:
     return a_label
 
 
+@functools.lru_cache(maxsize=256)
 def to_a_label(domain: str) -> str | None:
     """`domain` lower-cased with U-labels converted to A-labels (section 6.6.1, IDNA 2003
     as Python's codec implements it); None when it is not a valid host name (RFC 5321
-    section 2.3.5: a fully-qualified name, so at least two labels)."""
+    section 2.3.5: a fully-qualified name, so at least two labels). Cached per worker
+    (a pure function; the same author domains come back message after message)."""
     return names.idna2003_host_name(domain, min_labels=2)
