@@ -15,6 +15,7 @@ import contextvars
 import itertools
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -103,8 +104,14 @@ def xforward_lines(arguments: Sequence[str]) -> list[list[str]]:
     return lines
 
 
+# RFC 3461 section 4's xchar: "!" to "~" but "+" and "=", which stand for themselves.
+_XCHARS = re.compile(r"[!-*,-<>-~]*")
+
+
 def xtext(value: str) -> str:
     """RFC 3461 section 4: "+", "=" and octets outside 33-126 as "+HH"."""
+    if _XCHARS.fullmatch(value):
+        return value  # nothing to escape (an address, a port, a queue id): one regex match
     return "".join(
         f"+{octet:02X}" if octet in (0x2B, 0x3D) or not 33 <= octet <= 126 else chr(octet)
         for octet in value.encode("utf-8")

@@ -84,13 +84,12 @@ def parse_extensions(lines: Sequence[str]) -> dict[str, str]:
     "XFORWARD": "NAME ADDR PROTO HELO"}. The old `AUTH=` form counts as AUTH."""
     offered: dict[str, str] = {}
     for line in lines[1:]:
-        keyword, _, parameters = line.strip().partition(" ")
-        if not keyword:
-            continue
-        keyword = keyword.upper()
-        if keyword.startswith("AUTH="):
-            keyword, parameters = "AUTH", keyword[5:]
-        offered[keyword] = parameters.strip()
+        text = line.strip()
+        if text[:5].upper() == "AUTH=":
+            text = "AUTH " + text[5:]
+        keyword, _, parameters = text.partition(" ")
+        if keyword:
+            offered[keyword.upper()] = parameters.strip()
     return offered
 
 
