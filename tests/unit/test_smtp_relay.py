@@ -204,3 +204,56 @@ def xtext_reference(value: str) -> str:
 @example("~!*,<>")
 def test_xtext_fast_path_is_the_general_one(value: str) -> None:
     assert xtext(value) == xtext_reference(value)
+
+
+def test_cancelled_while_the_downstream_holds_the_data_reply() -> None:
+    """Cancelled (our client gone, shutdown) while the DATA reply is pending: its reply
+    may still come, and would be read as the answer to a RSET, then a RSET's as MAIL's.
+    So the connection is closed without another command and never pooled."""
+
+    async def go() -> tuple[list[bytes], int]:
+        received: list[bytes] = []
+
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 sink.test ESMTP\r\n")
+            while line := await reader.readline():
+                received.append(line)
+                if line.startswith(b"EHLO"):
+                    writer.write(b"250-sink.test\r\n250 PIPELINING\r\n")
+                elif line.startswith(b"DATA"):
+                    writer.write(b"354 go ahead\r\n")
+                    while await reader.readline() != b".\r\n":
+                        pass
+                    await asyncio.sleep(0.5)  # the DATA reply, later than the cancel
+                    writer.write(b"250 2.0.0 queued\r\n")
+                else:
+                    writer.write(b"250 2.0.0 ok\r\n")
+            writer.close()
+
+        server = await asyncio.start_server(session, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        relay = SmtpRelay(
+            Downstream("smtp", HostPort("127.0.0.1", port)), RELAY_CONFIG, "mx.example.com"
+        )
+        opened = await relay.open("a@sender.test", [], "b@example.com")
+        assert opened.delivery is not None
+        assert (await opened.delivery.add_recipient("b@example.com")).is_success
+        sending = asyncio.ensure_future(opened.delivery.send(b"Subject: t\r\n\r\nbody\r\n"))
+        await asyncio.sleep(0.1)
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        await opened.delivery.close()
+        await asyncio.sleep(0.6)  # the late DATA reply arrives meanwhile
+        await relay.shutdown(2.0)
+        server.close()
+        await server.wait_closed()
+        return received, len(relay._idle)
+
+    received, idle = asyncio.run(go())
+    assert [line.split(b" ")[0].strip() for line in received] == [
+        b"EHLO",
+        b"MAIL",
+        b"RCPT",
+        b"DATA",
+    ]
+    assert idle == 0
