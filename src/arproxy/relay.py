@@ -15,6 +15,7 @@ import contextvars
 import itertools
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -22,11 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import aiosmtplib
-
 from arproxy import extensions
 from arproxy.config import Downstream, RelayConfig
-from arproxy.lmtp import LmtpArgumentError, LmtpClient, LmtpProtocolError
 from arproxy.replies import (
     DOWNSTREAM_TIMEOUT,
     DOWNSTREAM_UNAVAILABLE,
@@ -37,6 +35,13 @@ from arproxy.replies import (
     UNSENDABLE_ADDRESS,
     Reply,
     maildir_delivered,
+)
+from arproxy.smtpclient import (
+    SERVICE_CLOSING,
+    SmtpArgumentError,
+    SmtpClient,
+    SmtpProtocolError,
+    command_line,
 )
 
 log = logging.getLogger("arproxy.relay")
@@ -99,8 +104,14 @@ def xforward_lines(arguments: Sequence[str]) -> list[list[str]]:
     return lines
 
 
+# RFC 3461 section 4's xchar: "!" to "~" but "+" and "=", which stand for themselves.
+_XCHARS = re.compile(r"[!-*,-<>-~]*")
+
+
 def xtext(value: str) -> str:
     """RFC 3461 section 4: "+", "=" and octets outside 33-126 as "+HH"."""
+    if _XCHARS.fullmatch(value):
+        return value  # nothing to escape (an address, a port, a queue id): one regex match
     return "".join(
         f"+{octet:02X}" if octet in (0x2B, 0x3D) or not 33 <= octet <= 126 else chr(octet)
         for octet in value.encode("utf-8")
@@ -181,36 +192,46 @@ class SmtpRelay:
             if opened is not None:
                 return opened
             # The downstream closed it meanwhile: nothing was sent, try the next one.
-        address = self.downstream.address
-        assert address is not None
-        client = aiosmtplib.SMTP(
-            hostname=address.host,
-            port=address.port,
-            timeout=self.config.timeout,
-            # Plain by default: the downstream sits on a trusted network next to us,
-            # and opportunistic TLS with an unverifiable certificate would only fail.
-            start_tls=False,
-            use_tls=False,
-            local_hostname=self.helo_name,
-        )
-        try:
-            await client.connect(timeout=self.config.connect_timeout)
-            self.connections_opened += 1
-            await client.ehlo(hostname=self.helo_name)
-        except (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError) as exc:
-            # A downstream that will not talk to us is a fault on our side of the
-            # border: the sender must keep the message (4xx), not bounce it.
-            client.close()
-            return Opened(None, _failure(exc, str(self.downstream)))
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            client.close()
-            return Opened(None, _failure(exc, str(self.downstream)))
-        except BaseException:
-            client.close()  # cancelled (client gone, shutdown): no connection may leak
-            raise
+        client = await self._connect()
+        if isinstance(client, Reply):
+            return Opened(None, client)
         opened = await self._begin(_Pooled(client), sender, mail_options, recipient, reused=False)
         assert opened is not None  # a new connection is never retried
         return opened
+
+    async def _connect(self) -> SmtpClient | Reply:
+        """A new connection, greeted and past EHLO; or the 4xx for our client.
+
+        Plain TCP: the downstream sits on a trusted network next to us, and
+        opportunistic TLS with an unverifiable certificate would only fail. A
+        downstream that will not talk to us (no 220, EHLO refused) is a fault on our
+        side of the border: the sender must keep the message (4xx), not bounce it.
+        """
+        address = self.downstream.address
+        assert address is not None
+        try:
+            client, greeting = await SmtpClient.connect(
+                address.host,
+                address.port,
+                connect_timeout=self.config.connect_timeout,
+                timeout=self.config.timeout,
+            )
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
+            return _failure(exc, str(self.downstream))
+        try:
+            if greeting.code != 220:
+                raise SmtpProtocolError(f"greeting {greeting}")
+            self.connections_opened += 1
+            hello = await client.hello("EHLO", self.helo_name)
+            if hello.code != 250:
+                raise SmtpProtocolError(f"EHLO answered {hello}")
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
+            client.close()
+            return _failure(exc, str(self.downstream))
+        except BaseException:
+            client.close()  # cancelled (client gone, shutdown): no connection may leak
+            raise
+        return client
 
     async def _begin(
         self,
@@ -226,58 +247,62 @@ class SmtpRelay:
         was accepted, so that it starts again on another connection."""
         client = pooled.client
         try:
-            started = await self._start(client, sender, mail_options, recipient)
-        except aiosmtplib.SMTPResponseException as exc:
-            if reused and exc.code == 421:
-                _discard(client, "421", exc.message)
-                return None
-            client.close()
-            return Opened(None, _refusal(exc, f"MAIL FROM:<{sender}>"))
-        except ValueError:
-            client.close()  # aiosmtplib refuses control characters in the address
+            plan, mail = await self._start(client, sender, mail_options, recipient)
+        except SmtpArgumentError:
+            client.close()  # a control character in the address (RFC 5321 4.1.2)
             return Opened(None, UNSENDABLE_ADDRESS)
-        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+        except ConnectionError as exc:
             if reused:
                 _discard(client, "EOF", str(exc))
                 return None
             client.close()
             return Opened(None, _failure(exc, str(self.downstream)))
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
             client.close()
             return Opened(None, _failure(exc, str(self.downstream)))
         except BaseException:
             client.close()
             raise
-        plan, response = started
-        if plan.refusal is not None:
+        if mail is None:
             # Refused by us before MAIL: the downstream never saw this transaction,
             # and the connection is as clean as before it.
             # Not logged here: the pipeline's outcome line is the one line (RFC 6531).
+            assert plan.refusal is not None
             self.release(pooled)
             return Opened(None, plan.refusal)
-        assert response is not None
-        return Opened(
-            _SmtpDelivery(self, pooled, str(self.downstream), plan),
-            Reply.from_downstream(response.code, response.message),
-        )
+        if mail.code != 250:
+            if reused and mail.code == SERVICE_CLOSING:
+                _discard(client, "421", mail.text)
+                return None
+            client.close()
+            return Opened(None, _refusal(mail, f"MAIL FROM:<{sender}>"))
+        return Opened(_SmtpDelivery(self, pooled, str(self.downstream), plan), mail)
 
     async def _start(
-        self, client: aiosmtplib.SMTP, sender: str, mail_options: Sequence[str], recipient: str
-    ) -> tuple[extensions.DownstreamPlan, aiosmtplib.SMTPResponse | None]:
-        offered = frozenset(keyword.upper() for keyword in client.esmtp_extensions)
-        plan = extensions.plan_downstream(sender, recipient, mail_options, offered)
+        self, client: SmtpClient, sender: str, mail_options: Sequence[str], recipient: str
+    ) -> tuple[extensions.DownstreamPlan, Reply | None]:
+        """The plan, and MAIL's reply (or the 421 that ended the dialogue before it);
+        None when the plan refuses the transaction before MAIL."""
+        offered = client.extensions
+        plan = extensions.plan_downstream(sender, recipient, mail_options, offered.keys())
         if plan.refusal is not None:
             return plan, None
         # XFORWARD holds for one transaction (Postfix resets it at its end): sent
         # each time, also on a reused connection.
-        await _xforward(client, client.esmtp_extensions.get("xforward"))
-        # aiosmtpd hands the null reverse-path over as "<>"; aiosmtplib writes
-        # MAIL FROM:<> for the empty string and refuses "<>" itself.
+        forwarded = _xforward_arguments(offered.get("XFORWARD"))
+        # aiosmtpd hands the null reverse-path over as "<>" (RFC 5321 4.1.1.2: MAIL FROM:<>).
         envelope_sender = "" if sender == "<>" else sender
-        response = await client.mail(
-            envelope_sender, options=plan.options, encoding=_encoding(plan)
-        )
-        return plan, response
+        parameters = "".join(f" {option}" for option in plan.options)
+        lines = [command_line("XFORWARD", " ".join(arguments)) for arguments in forwarded]
+        lines.append(command_line("MAIL", f"FROM:<{envelope_sender}>{parameters}", _encoding(plan)))
+        replies = await _send_commands(client, lines)
+        for arguments, reply in zip(forwarded, replies, strict=False):
+            if reply.code != 250:
+                # A refusal only costs the downstream's log that detail.
+                log.info("downstream refused XFORWARD %s: %s", " ".join(arguments), reply.code)
+                break
+        # MAIL's reply, or the 421 after which the downstream said nothing more.
+        return plan, replies[-1]
 
     # --- the pool ---
 
@@ -346,38 +371,51 @@ POOL_MAX_TRANSACTIONS = 100  # per downstream connection, then QUIT and a new on
 class _Pooled:
     """One downstream connection, with what the pool knows of it."""
 
-    client: aiosmtplib.SMTP
+    client: SmtpClient
     transactions: int = 0
     expiry: asyncio.TimerHandle | None = None
 
 
-def _discard(client: aiosmtplib.SMTP, how: str, detail: str) -> None:
+def _discard(client: SmtpClient, how: str, detail: str) -> None:
     log.debug("pooled downstream connection closed by the downstream (%s %s)", how, detail)
     client.close()
 
 
-async def _quit(client: aiosmtplib.SMTP) -> None:
+async def _quit(client: SmtpClient) -> None:
     try:
         if client.is_connected:
-            await client.quit(timeout=CLOSE_TIMEOUT)
-    except (aiosmtplib.SMTPException, OSError):
+            await client.command("QUIT", timeout=CLOSE_TIMEOUT)
+    except (OSError, TimeoutError, SmtpProtocolError):
         pass  # the downstream cleans up
     finally:
         client.close()
 
 
-async def _xforward(client: aiosmtplib.SMTP, offered: str | None) -> None:
-    """Tell a downstream that offers XFORWARD (Postfix, smtpd_authorized_xforward_hosts)
-    who the client was; a refusal only costs the downstream's log that detail."""
+def _xforward_arguments(offered: str | None) -> list[list[str]]:
+    """The XFORWARD commands' arguments for a downstream that offers XFORWARD (Postfix,
+    smtpd_authorized_xforward_hosts), telling it who the client was."""
     if offered is None:
-        return
-    for arguments in xforward_lines(xforward_commands(offered, _ORIGIN.get())):
-        response = await client.execute_command(
-            b"XFORWARD", *(argument.encode("ascii") for argument in arguments)
-        )
-        if response.code != 250:
-            log.info("downstream refused XFORWARD %s: %s", " ".join(arguments), response.code)
-            return
+        return []
+    return xforward_lines(xforward_commands(offered, _ORIGIN.get()))
+
+
+async def _send_commands(client: SmtpClient, lines: list[bytes]) -> list[Reply]:
+    """The replies to `lines`, in order, up to a 421 (after which nothing comes).
+
+    To a downstream that offers PIPELINING all lines go in one write (RFC 2920
+    section 3.1: neither XFORWARD nor MAIL need be last in a group, and Postfix's
+    XFORWARD_README says XFORWARD "may be pipelined when the server supports ESMTP
+    command pipelining"): one round trip per transaction instead of two. Otherwise
+    one command at a time, each waiting for its reply (RFC 5321 section 4.3).
+    """
+    if len(lines) == 1 or "PIPELINING" in client.extensions:
+        return await client.pipeline(lines)
+    replies: list[Reply] = []
+    for line in lines:
+        replies += await client.pipeline([line])
+        if replies[-1].code == SERVICE_CLOSING:
+            break
+    return replies
 
 
 def _encoding(plan: extensions.DownstreamPlan) -> str:
@@ -402,28 +440,32 @@ class _SmtpDelivery:
 
     async def add_recipient(self, recipient: str) -> Reply:
         try:
-            response = await self.client.rcpt(recipient, encoding=_encoding(self.plan))
-        except aiosmtplib.SMTPResponseException as exc:
-            return _refusal(exc, f"RCPT TO:<{recipient}>")
-        except ValueError:
+            reply = await self.client.command("RCPT", f"TO:<{recipient}>", _encoding(self.plan))
+        except SmtpArgumentError:
             return UNSENDABLE_ADDRESS
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
             self.in_step = False
             return _failure(exc, self.name)
-        return Reply.from_downstream(response.code, response.message)
+        if reply.code in (250, 251):  # RFC 5321 section 4.1.1.3
+            return reply
+        return _refusal(reply, f"RCPT TO:<{recipient}>")
 
     async def send(self, message: bytes) -> Reply:
         refusal = extensions.content_refusal(message, self.plan)
         if refusal is not None:
             return refusal  # ours (RFC 6152 section 3); the outcome line logs it
         try:
-            response = await self.client.data(message)
-            reply = Reply.from_downstream(response.code, response.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            reply = _refusal(exc, "DATA")
-        except (aiosmtplib.SMTPException, OSError) as exc:
+            start, replies = await self.client.data(message)
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
             self.in_step = False
             reply = _failure(exc, self.name)
+        else:
+            if start.code != 354:
+                reply = _refusal(start, "DATA")
+            elif replies[0].code != 250:
+                reply = _refusal(replies[0], "DATA")
+            else:
+                reply = replies[0]
         self.finished = reply.is_success
         return reply
 
@@ -436,17 +478,18 @@ class _SmtpDelivery:
         self.closed = True
         client = self.client
         if not client.is_connected:
+            client.close()
             return
         if not self.in_step:
             client.close()  # its state is unknown (a timeout mid-DATA, say): no QUIT either
             return
         try:
             if not self.finished:
-                response = await client.rset(timeout=CLOSE_TIMEOUT)
-                if response.code != 250:
+                reply = await client.command("RSET", timeout=CLOSE_TIMEOUT)
+                if reply.code != 250:
                     await _quit(client)
                     return
-        except (aiosmtplib.SMTPException, OSError):
+        except (OSError, TimeoutError, SmtpProtocolError):
             client.close()  # the transaction is over either way; the downstream cleans up
             return
         except BaseException:
@@ -461,16 +504,19 @@ def _worst(replies: Sequence[Reply]) -> Reply:
     return (transient or permanent or list(replies))[0]
 
 
-def _refusal(exc: aiosmtplib.SMTPResponseException, what: str) -> Reply:
-    reply = _passed_on(Reply.from_downstream(exc.code, exc.message))
-    if exc.code < 400:
-        log.warning("downstream answered %s with unexpected %s", what, reply)
+def _refusal(reply: Reply, what: str) -> Reply:
+    """A downstream's reply other than the expected one, as our client gets it: 4xx
+    and 5xx passed on (421 as 451), anything else is a local error (4xx: the sender
+    keeps the message)."""
+    passed = _passed_on(reply)
+    if reply.code < 400:
+        log.warning("downstream answered %s with unexpected %s", what, passed)
         return LOCAL_ERROR
-    return reply
+    return passed
 
 
 def _failure(exc: BaseException, name: str) -> Reply:
-    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+    if isinstance(exc, TimeoutError):
         log.warning("downstream %s timed out: %s", name, exc)
         return DOWNSTREAM_TIMEOUT
     log.warning("downstream %s unavailable: %s", name, exc)
@@ -498,20 +544,20 @@ class LmtpRelay:
 
     async def open(self, sender: str, mail_options: Sequence[str], recipient: str) -> Opened:
         try:
-            client, greeting = await LmtpClient.connect(
+            client, greeting = await SmtpClient.connect(
                 self.address.host,
                 self.address.port,
                 connect_timeout=self.config.connect_timeout,
                 timeout=self.config.timeout,
             )
-        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
             return Opened(None, _failure(exc, self.name))
         plan = extensions.DownstreamPlan((), False, False)
         try:
             plan, reply = await self._start(client, greeting, sender, mail_options, recipient)
-        except LmtpArgumentError:
+        except SmtpArgumentError:
             reply = UNSENDABLE_ADDRESS
-        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
             reply = _failure(exc, self.name)
         except BaseException:
             client.close()
@@ -523,7 +569,7 @@ class LmtpRelay:
 
     async def _start(
         self,
-        client: LmtpClient,
+        client: SmtpClient,
         greeting: Reply,
         sender: str,
         mail_options: Sequence[str],
@@ -531,12 +577,12 @@ class LmtpRelay:
     ) -> tuple[extensions.DownstreamPlan, Reply]:
         unplanned = extensions.DownstreamPlan((), False, False)
         if greeting.code != 220:
-            return unplanned, _failure(LmtpProtocolError(f"greeting {greeting}"), self.name)
-        hello = await client.command("LHLO", self.helo_name)
+            return unplanned, _failure(SmtpProtocolError(f"greeting {greeting}"), self.name)
+        hello = await client.hello("LHLO", self.helo_name)
         if hello.code != 250:
-            return unplanned, _failure(LmtpProtocolError(f"LHLO answered {hello}"), self.name)
+            return unplanned, _failure(SmtpProtocolError(f"LHLO answered {hello}"), self.name)
         # The LHLO reply's lines after the first are the keywords (RFC 2033 section 4.1).
-        offered = extensions.offered_keywords(("", *hello.lines[1:]))
+        offered = client.extensions.keys()
         plan = extensions.plan_downstream(sender, recipient, mail_options, offered)
         if plan.refusal is not None:
             return plan, plan.refusal  # ours; the outcome line logs it
@@ -547,7 +593,7 @@ class LmtpRelay:
 
 
 class _LmtpDelivery:
-    def __init__(self, client: LmtpClient, name: str, plan: extensions.DownstreamPlan) -> None:
+    def __init__(self, client: SmtpClient, name: str, plan: extensions.DownstreamPlan) -> None:
         self.client = client
         self.name = name
         self.plan = plan
@@ -557,9 +603,9 @@ class _LmtpDelivery:
     async def add_recipient(self, recipient: str) -> Reply:
         try:
             reply = _passed_on(await self.client.command("RCPT", f"TO:<{recipient}>"))
-        except LmtpArgumentError:
+        except SmtpArgumentError:
             return UNSENDABLE_ADDRESS
-        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
             return _failure(exc, self.name)
         if reply.is_success:
             self.accepted += 1
@@ -576,7 +622,12 @@ class _LmtpDelivery:
             return refusal  # ours (RFC 6152 section 3); the outcome line logs it
         try:
             start, replies = await self.client.data(message, self.accepted)
-        except (OSError, TimeoutError, LmtpProtocolError) as exc:
+            if start.code != 354 and start.code < 400:
+                raise SmtpProtocolError(f"DATA answered {start}")
+            if any(300 <= reply.code < 400 for reply in replies):
+                raise SmtpProtocolError("a per-recipient reply that is neither 2xx, 4xx nor 5xx")
+        except (OSError, TimeoutError, SmtpProtocolError) as exc:
+            self.client.close()
             return _failure(exc, self.name)
         if start.code != 354:
             return _passed_on(start)
@@ -586,13 +637,13 @@ class _LmtpDelivery:
         return _worst([_passed_on(reply) for reply in replies])
 
     async def close(self) -> None:
-        # Clean-up must not hold anything up for long (as with SMTP's 5 s below).
+        # Clean-up must not hold anything up for long (CLOSE_TIMEOUT, as for SMTP).
         self.client.timeout = min(self.client.timeout, CLOSE_TIMEOUT)
         try:
             if not self.finished:
                 await self.client.command("RSET")
             await self.client.command("QUIT")
-        except (OSError, TimeoutError, LmtpProtocolError):
+        except (OSError, TimeoutError, SmtpProtocolError):
             pass  # the transaction is over either way
         finally:
             self.client.close()

@@ -336,9 +336,11 @@ def _log_time(line: str) -> datetime.datetime:
 def test_stop_with_a_hung_downstream_fits_in_the_grace(
     make_arproxy: MakeArproxy, tmp_path: Path
 ) -> None:
-    # smtp-sink -w 60: the downstream takes 60 s to answer DATA, so our RSET/QUIT at
-    # clean-up hangs too. The client gets 421 at the grace (5 s, conftest), and the
-    # process is done STOP_CLEANUP later, by its own clock (its log), not a grace later.
+    # smtp-sink -w 60: the downstream takes 60 s to answer DATA. The client gets 421 at
+    # the grace (5 s, conftest), and the process is done STOP_CLEANUP later at most, by
+    # its own clock (its log), not a grace later. The downstream connection, cancelled
+    # while waiting for the DATA reply, is in an unknown state: closed, with no RSET or
+    # QUIT whose reply could only be the DATA reply (so nothing is left to cut short).
     with sink(tmp_path / "s", ["-w", "60"]) as downstream:
         proxy = make_arproxy(downstream.url, relay_timeout=60.0)
         raw = session(proxy.port)
@@ -353,7 +355,7 @@ def test_stop_with_a_hung_downstream_fits_in_the_grace(
         log = stopped_log(proxy)
     (start,) = lines_with(log, "arproxy.service: shutting down")
     (end,) = lines_with(log, "arproxy.service: stopped")
-    assert lines_with(log, "clean-up cut short"), log
+    assert not lines_with(log, "clean-up cut short"), log
     took = (_log_time(end) - _log_time(start)).total_seconds()
     # Not a speed bound: the fault was a second grace period after the first (about
     # 2 x 5 s); the stop must end within one grace plus STOP_CLEANUP, and the margin up
