@@ -50,7 +50,9 @@ class DataScanner:
         # the data's first line is then found like any other, after a CRLF.
         self._held = _CRLF
         self._virtual = len(_CRLF)  # octets of _held the client never sent
-        self._kept: list[bytes] = []  # the data judged so far (while NOMINAL)
+        # The data judged so far (while NOMINAL): one buffer, not a list of pieces,
+        # so that a client sending an octet per segment costs no object per octet.
+        self._kept = bytearray()
         self._size = 0  # octets judged so far
         self._line = 0  # octets judged so far of the line in progress
         self._open = b""  # what is kept of the line in progress (for `unfinished_line`)
@@ -76,9 +78,9 @@ class DataScanner:
         """The data of a NOMINAL transfer, one leading dot taken from each line."""
         assert self.done and self.verdict is Verdict.NOMINAL
         kept = self._kept
-        if kept and kept[0].startswith(b"."):
-            kept[0] = kept[0][1:]  # the first line has no CRLF before it
-        return b"".join(kept).replace(b"\r\n.", _CRLF)
+        if kept.startswith(b"."):
+            del kept[0]  # the first line has no CRLF before it
+        return bytes(kept).replace(b"\r\n.", _CRLF)
 
     @property
     def unfinished_line(self) -> bytes:
@@ -139,7 +141,7 @@ class DataScanner:
         return Verdict.NOMINAL
 
     def _take(self, chunk: bytes, lines: list[bytes]) -> None:
-        self._kept.append(chunk)
+        self._kept += chunk
         self._size += len(chunk)
         if len(lines) == 1:
             self._line += len(chunk)

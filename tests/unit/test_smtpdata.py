@@ -218,7 +218,7 @@ def test_memory_stays_bounded_over_the_limits() -> None:
     scanner = DataScanner(size_limit=1000, line_limit=1001)
     for _ in range(100):
         scanner.feed(b"y" * 70 + b"\r\n" + b"z" * 5000)
-        assert sum(map(len, scanner._kept)) <= 1000
+        assert len(scanner._kept) <= 1000
         assert len(scanner.unfinished_line) <= 1001 + 5
     scanner.feed(END)
     assert scanner.done and scanner.verdict is Verdict.TOO_LONG
