@@ -19,9 +19,18 @@ address checks (arproxy.extensions).
 
 from __future__ import annotations
 
+import re
+
 from arproxy.replies import BAD_RECIPIENT_SYNTAX, BAD_SENDER_SYNTAX, Reply
 
 _KEYWORD = {"MAIL": "FROM:", "RCPT": "TO:"}
+
+# The plain path of RFC 5321 section 4.1.2: Dot-string local part (ASCII atext), an
+# optional domain of LDH labels or an address literal, no source route; or "<>".
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*|\[[A-Za-z0-9.:-]+\]"
+_PLAIN_PATH = re.compile(rf"<((?:{_ATOM}(?:\.{_ATOM})*(?:@(?:{_DOMAIN}))?)?)>")
 
 
 def path_refusal(verb: str, arg: str) -> Reply | None:
@@ -66,3 +75,14 @@ def _bracketed(text: str) -> tuple[str, str] | None:
         elif char == "<" or char <= " " or char == "\x7f":
             return None
     return None  # no closing ">"
+
+
+def plain_path(arg: str) -> tuple[str, str] | None:
+    """(mailbox, what follows the `>`) when `arg` starts with a plain path: `<>`
+    (mailbox "") or `<Dot-string[@Domain]>` with an LDH domain or an address literal
+    (RFC 5321 section 4.1.2), the forms nearly every client sends. None for anything
+    else (quoted local part, source route, non-ASCII, ...), which a slower reader takes."""
+    found = _PLAIN_PATH.match(arg)
+    if found is None:
+        return None
+    return found.group(1), arg[found.end() :]

@@ -59,8 +59,8 @@ class ClientReader(asyncio.StreamReader):
     """aiosmtpd's StreamReader with SMTP's view of line ends and of EOF.
 
     aiosmtpd reads command lines and AUTH continuation lines with `readuntil()`
-    (separator LF), DATA lines with `readuntil(b"\\r\\n")` and the PROXY header
-    with `readexactly()`; all pass here.
+    (separator LF) and the PROXY header with `readexactly()`; arproxy.smtpd reads
+    DATA with `read_piece()` (and `unread()`); all pass here.
     At EOF the owner is told and this read never returns (the session is closed,
     which cancels the read): what the client sent before its EOF has been read
     and answered by then, since commands are read in order.
@@ -121,6 +121,25 @@ class ClientReader(asyncio.StreamReader):
         if data:
             self._last_octet = data[-1:]
         return data
+
+    async def read_piece(self, n: int) -> bytes:
+        """Up to `n` octets: what is buffered, or else the next that arrive; b"" at
+        the client's EOF (the caller knows the unfinished line to report). DATA is
+        read so, in pieces rather than lines (arproxy.smtpd)."""
+        if self.owner.replies_held and not self._buffered():
+            # About to wait for the client: what it is owed goes out first (RFC 2920).
+            self.owner.flush_replies()
+        piece = await super().read(n)
+        if piece and self.owner.reading_over:
+            # The session is closing (a 421 was sent): nothing more is acted on.
+            await self.owner.on_client_eof(b"")
+        return piece
+
+    def unread(self, data: bytes) -> None:
+        """Put back `data`, the octets last read past the end of DATA: the client's
+        next command, read as a line again."""
+        if data:
+            self._buffered()[:0] = data
 
 
 def ends_in_crlf(line: bytes, before: bytes = b"") -> bool:

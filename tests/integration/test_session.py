@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -240,6 +241,55 @@ def test_half_close_inside_data_relays_nothing_and_logs_it(
         r"id=\w+ client=127\.0\.0\.1 connection closed before the end of the transaction",
         proxy.log,
     )
+
+
+def test_end_of_data_split_across_writes_is_found(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    # RFC 5321 section 4.5.2: the data ends at CRLF "." CRLF however the client's
+    # writes cut it; a dot-stuffed line cut between its dots loses exactly one.
+    proxy = make_arproxy(smtp_sink.url)
+    wire = Wire(proxy.port)
+    assert wire.reply().startswith(b"220 ")
+    open_transaction(wire)
+    writes = [MESSAGE + b".", b".dots\r", b"\n.", b"\r", b"\nQUIT\r\n"]
+    for data in writes:
+        wire.send(data)
+        time.sleep(0.05)  # separate TCP segments: the server reads each on its own
+    assert wire.reply().startswith(b"250 2.0.0 ")
+    assert wire.reply().startswith(b"221 2.0.0 ")
+    wire.close()
+    proxy.stop()
+    [message] = smtp_sink.messages()
+    assert message.message.endswith(b"\nbody\n.dots\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        ((b"z" * 900 + b"\r\n") * 3, b"552 5.3.4 "),  # over max_message_size
+        (b"x" * 1200 + b"\r\n", b"500 5.5.2 "),  # over max_line_length (4.5.3.1.6)
+    ],
+    ids=["too-much-data", "line-too-long"],
+)
+def test_refused_data_then_the_pipelined_command_is_answered(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, body: bytes, refusal: bytes
+) -> None:
+    # The refusal comes after the end of the data (RFC 5321 section 4.2.5), and what
+    # the client sent after it is read as its next command.
+    proxy = make_arproxy(smtp_sink.url, limits="max_message_size = 2048")
+    wire = Wire(proxy.port)
+    assert wire.reply().startswith(b"220 ")
+    open_transaction(wire)
+    wire.send(b"Subject: big\r\n\r\n" + body + b".\r\nNOOP\r\n")
+    assert wire.reply().startswith(refusal)
+    assert wire.reply() == b"250 2.0.0 OK"
+    open_transaction(wire)
+    wire.send(MESSAGE + b".\r\nQUIT\r\n")
+    assert wire.reply().startswith(b"250 2.0.0 ")
+    assert wire.reply().startswith(b"221 2.0.0 ")
+    wire.close()
+    assert len(smtp_sink.messages()) == 1
 
 
 # --- section 4: bare LF in the command phase ---

@@ -228,3 +228,27 @@ async def test_held_replies_go_out_before_waiting_for_the_client() -> None:
 def test_stream_reader_buffer_is_what_has_line_reads() -> None:
     """ClientReader.has_line reads asyncio.StreamReader's private buffer."""
     assert "self._buffer = bytearray()" in inspect.getsource(asyncio.StreamReader.__init__)
+
+
+@run
+async def test_data_pieces_flush_held_replies_and_stop_when_closing() -> None:
+    # DATA is read in pieces (arproxy.smtpd): the replies owed go out before waiting
+    # for the client (RFC 2920 section 3.2), EOF is b"" for the caller to report, and
+    # nothing is acted on once the session is closing.
+    owner = Owner()
+    reader = reader_with(b"", owner, eof=False)
+    owner.held.append(b"354 go ahead\r\n")
+    piece = asyncio.ensure_future(reader.read_piece(1024))
+    await asyncio.sleep(0)
+    assert owner.events == [("flush", b"354 go ahead\r\n")]
+    reader.feed_data(b"line\r\n.\r\nQUIT\r\n")
+    assert await piece == b"line\r\n.\r\nQUIT\r\n"
+    reader.unread(b"QUIT\r\n")
+    assert await reader.readuntil() == b"QUIT\r\n"
+    reader.feed_eof()
+    assert await reader.read_piece(1024) == b""
+    closing = reader_with(b"data\r\n", owner)
+    owner.reading_over = True
+    with pytest.raises(Stop):
+        await closing.read_piece(1024)
+    assert owner.events[-1] == ("eof", b"")
