@@ -18,6 +18,7 @@ bytes might be the answer to an earlier command, so it is never used again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Sequence
 
@@ -240,5 +241,32 @@ class SmtpClient:
         return Reply.from_downstream(code, "\n".join(lines))
 
     def _break(self) -> None:
+        if self.broken:
+            return
         self.broken = True
         self.writer.close()
+        _observe_close(self.writer)
+
+
+# The closing watches still running (a task nobody references may be collected early).
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _observe_close(writer: asyncio.StreamWriter) -> None:
+    """Read the error, if any, with which the connection ended (a reset by the
+    downstream). asyncio keeps it in a future that only `wait_closed()` reads; left
+    unread, it is reported as "Future exception was never retrieved" with a traceback
+    when the connection is garbage-collected (at the latest at exit)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop (a test's synchronous clean-up): nothing can be awaited
+    task = loop.create_task(_closed(writer))
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    # An OSError here is the downstream's reset: already reported where it mattered.
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()

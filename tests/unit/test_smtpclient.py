@@ -4,7 +4,10 @@ scripted peer on loopback, and DATA dot-stuffing against a plain RFC 5321 refere
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import socket
+import struct
 
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
@@ -272,3 +275,47 @@ def test_empty_content_is_the_end_of_data_alone() -> None:
     first of the terminating sequence."""
     assert dot_stuffed(b"") == b".\r\n"
     assert dot_stuffed(b".") == b"..\r\n.\r\n"
+
+
+# --- a connection the downstream resets -----------------------------------------
+
+
+def test_a_reset_connection_leaves_no_unretrieved_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A downstream that resets the connection (TCP RST) while we wait for a reply: the
+    command fails with ConnectionError, and asyncio's record of the connection's error
+    (the future `wait_closed()` reads) is read too, so it is never reported as "Future
+    exception was never retrieved" with a traceback (seen at exit after an LMTP peer
+    reset the connection on QUIT). asyncio's protocol reads it in its own __del__ only
+    when the protocol happens to be collected before its future; the test takes that
+    chance away, as a garbage cycle's order at exit does."""
+    monkeypatch.delattr(asyncio.StreamReaderProtocol, "__del__")
+    reported: list[str] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ready\r\n")
+        await writer.drain()
+        await reader.readline()
+        sock = writer.get_extra_info("socket")
+        # SO_LINGER with a zero timeout: the close sends RST instead of FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+        server = await asyncio.start_server(session, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client, _ = await SmtpClient.connect("127.0.0.1", port, connect_timeout=2.0, timeout=2.0)
+        with pytest.raises(ConnectionError):
+            await client.command("QUIT")
+        client.close()
+        del client
+        for _ in range(3):
+            await asyncio.sleep(0.01)
+            gc.collect()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(go())
+    gc.collect()
+    assert not [m for m in reported if "never retrieved" in m], reported
