@@ -159,10 +159,13 @@ class SmtpClient:
     async def pipeline(self, lines: Sequence[bytes]) -> list[Reply]:
         """Send `lines` (each a whole command line, from `command_line`) in one write
         and read their replies in order (RFC 2920 section 3.1; with one line, plain
-        SMTP). Fewer replies than lines only after a 421 (the server closes, RFC 5321
-        section 3.8: nothing more will come). Only for a server that offered
-        PIPELINING when there is more than one line."""
-        read = await self._exchange(b"".join(lines), len(lines))
+        SMTP). Fewer replies than lines only when the dialogue ended after the last
+        of them: a 421 (the server closes, RFC 5321 section 3.8), or the server closed
+        the connection (the client is then broken); a reply read is never dropped
+        because a later one did not come. ConnectionError when not even the first
+        reply came. Only for a server that offered PIPELINING when there is more than
+        one line."""
+        read = await self._exchange(b"".join(lines), len(lines), keep_partial=True)
         return [self._reply(code, text) for code, text in read]
 
     async def data(self, message: bytes, replies: int = 1) -> tuple[Reply, list[Reply]]:
@@ -184,10 +187,17 @@ class SmtpClient:
     # --- the one writer and the one reader ---
 
     async def _exchange(
-        self, data: bytes, replies: int, timeout: float | None = None
+        self,
+        data: bytes,
+        replies: int,
+        timeout: float | None = None,
+        *,
+        keep_partial: bool = False,
     ) -> list[tuple[int, list[str]]]:
         """Write `data`, read up to `replies` replies (stopping after a 421), all within
-        `timeout` seconds (default: the client's). Any failure breaks the client."""
+        `timeout` seconds (default: the client's). Any failure breaks the client.
+        `keep_partial`: the server closing the connection after at least one reply
+        returns the replies read instead of raising ConnectionError."""
         if self.broken:
             raise ConnectionError("connection abandoned after an earlier failure")
         read: list[tuple[int, list[str]]] = []
@@ -201,6 +211,11 @@ class SmtpClient:
                     if reply[0] == SERVICE_CLOSING:
                         self._break()
                         break
+        except ConnectionError:
+            self._break()
+            if keep_partial and read:
+                return read
+            raise
         except BaseException:
             self._break()
             raise

@@ -82,12 +82,18 @@ def reads_from_client(recorder: Recorder) -> list[bytes]:
     return [data for side, data in recorder.events if side == "client"]
 
 
-def test_xforward_and_mail_share_one_write_when_pipelining_is_offered(tmp_path: Path) -> None:
+def test_xforward_mail_and_rcpt_share_one_write_when_pipelining_is_offered(
+    tmp_path: Path,
+) -> None:
+    """RFC 2920 section 3.1: XFORWARD, MAIL and the first RCPT in one group, one round
+    trip; the RCPT's reply is the one the client gets for its recipient."""
     recorder, delivered = relay_through(tmp_path, ())
     (group,) = [data for data in reads_from_client(recorder) if data.startswith(b"XFORWARD ")]
     lines = group.split(b"\r\n")
     assert lines[0].startswith(b"XFORWARD ") and b"ADDR=192.0.2.1" in lines[0]
-    assert lines[1:] == [b"MAIL FROM:<alice@example.org>", b""]
+    assert lines[1:] == [b"MAIL FROM:<alice@example.org>", b"RCPT TO:<bob@example.com>", b""]
+    # No second RCPT for the same recipient: the pipelined one's reply was used.
+    assert sum(data.count(b"RCPT TO:") for data in reads_from_client(recorder)) == 1
     (message,) = delivered
     assert message.message == MESSAGE.replace(b"\r\n", b"\n")
 
@@ -101,5 +107,7 @@ def test_xforward_then_mail_one_at_a_time_without_pipelining(tmp_path: Path) -> 
     # The sink's reply to XFORWARD came in between: MAIL waited for it.
     between = [data for side, data in sides[xforward + 1 : mail] if side == "sink"]
     assert between and between[0].startswith(b"250 ")
+    (rcpt,) = [i for i, (_, data) in enumerate(sides) if data.startswith(b"RCPT ")]
+    assert rcpt > mail and any(side == "sink" for side, _ in sides[mail + 1 : rcpt])
     (message,) = delivered
     assert message.message == MESSAGE.replace(b"\r\n", b"\n")

@@ -77,7 +77,7 @@ def transactions(
         set_origin(addr="192.0.2.1", port=4321, helo="c.example", esmtp=True, queue_id="Q1")
         outcomes = []
         for _ in range(count):
-            opened = await relay.open("a@sender.test", [], "b@example.com")
+            opened = await relay.open("a@sender.test", [], recipient)
             if opened.delivery is None:
                 outcomes.append(str(opened.reply))
                 continue
@@ -163,6 +163,31 @@ def test_refusals_are_passed_on_with_421_as_451() -> None:
     assert outcomes[0] == "550-5.1.1 no such\r\n550 5.1.1 user"
     outcomes, _, _ = transactions(on(1, b"DATA", 1, b"421 4.3.2 going down\r\n"), count=1)
     assert outcomes[0] == "451 4.3.2 going down"
+
+
+def test_a_refused_mail_is_the_answer_not_the_pipelined_rcpts() -> None:
+    """MAIL refused in the XFORWARD+MAIL+RCPT group: the RCPT's reply (a 503: no
+    sender, RFC 5321 section 4.1.1.3) means nothing; the client gets MAIL's refusal,
+    once, and nothing is retried or sent on."""
+
+    def script(connection: int, verb: bytes, count: int) -> bytes | None:
+        if (connection, verb) == (1, b"MAIL"):
+            return b"553 5.1.8 sender refused\r\n"
+        if (connection, verb) == (1, b"RCPT"):
+            return b"503 5.5.1 need MAIL first\r\n"
+        return None
+
+    outcomes, sessions, opened = transactions(script, count=1)
+    assert outcomes == ["553 5.1.8 sender refused"] and opened == 1
+    assert verbs(sessions[0]) == [b"EHLO", b"XFORWARD", b"MAIL", b"RCPT"]
+
+
+def test_the_pipelined_rcpt_is_sent_once() -> None:
+    """The first recipient's RCPT went with MAIL: add_recipient takes its reply and
+    sends no second RCPT for it."""
+    outcomes, sessions, _ = transactions(lambda *_: None, count=1)
+    assert outcomes == ["250 2.0.0 queued"]
+    assert verbs(sessions[0]).count(b"RCPT") == 1
 
 
 def test_control_characters_in_an_address_never_reach_the_downstream() -> None:
