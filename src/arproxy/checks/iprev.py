@@ -7,12 +7,12 @@ through the one resolver and its cache. Starts at connect.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from dataclasses import dataclass
 
 from arproxy import names
 from arproxy.authres import Property, ResInfo
+from arproxy.checks import eager
 from arproxy.checks.base import Check, CheckContext, Stage, Value
 from arproxy.dns import Lookup, Resolver, Status, reverse_name
 
@@ -58,7 +58,7 @@ async def check_iprev(
         # Section 3: no PTR data published -> permerror, not fail.
         return (IprevResult(Value.PERMERROR, ip, reason="no PTR record"),)
     rtype = "A" if address.version == 4 else "AAAA"
-    forward = await asyncio.gather(*(dns.lookup(name, rtype) for name in names))
+    forward = await eager.gather(*(dns.lookup(name, rtype) for name in names))
     for name, lookup in zip(names, forward, strict=True):
         if _maps_back(lookup, address):
             return (IprevResult(Value.PASS, ip, name=name),)

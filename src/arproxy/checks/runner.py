@@ -17,16 +17,15 @@ bound into the checks by `configured_checks`.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import functools
 import ipaddress
 import logging
 import time
-from collections.abc import Coroutine, Generator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import cast
 
-from arproxy.checks import arc, auth, dkim, dmarc, iprev, spf
+from arproxy.checks import arc, auth, dkim, dmarc, eager, iprev, spf
 from arproxy.checks.base import Check, CheckContext, MethodResult, Stage
 from arproxy.config import ChecksConfig
 from arproxy.dns import Resolver
@@ -74,13 +73,9 @@ def configured_checks(
 class _Running:
     """A started check: its outcome once done, and the context it was started with.
 
-    Most checks finish at their first step (their DNS answers come from the cache): such
-    a check is run to completion here, as a Task would run it (in a copy of the current
-    context, its exception kept), without a Task, a loop iteration or a done-callback;
-    one that suspends is handed, mid-flight, to a Task (`_Continuation`) that runs in
-    the same context. 13 tasks per message cost ~30% of the runner's CPU under the bench
-    load. The first step runs under the caller's task: a check must not use
-    `asyncio.current_task()` (none does; `asyncio.timeout` would need it).
+    Started by `checks.eager`: most checks finish at their first step (their DNS answers
+    come from the cache) and then have no Task (`task` None) and no done-callback; one
+    that suspends is carried on by a Task, exactly as before.
     """
 
     __slots__ = ("_cancelled", "_error", "_result", "_started", "check", "ctx", "elapsed", "task")
@@ -89,7 +84,7 @@ class _Running:
         self.check = check
         self.ctx = ctx
         # The Task carrying a check that suspended at its first step; None otherwise.
-        self.task: asyncio.Task[tuple[MethodResult, ...]] | None = None
+        self.task: asyncio.Future[tuple[MethodResult, ...]] | None = None
         # Seconds from start to result (metrics: check latency per method); None
         # while running or when cancelled.
         self.elapsed: float | None = None
@@ -102,25 +97,16 @@ class _Running:
             self.task = asyncio.ensure_future(coro)
             self.task.add_done_callback(self._finished)
             return
-        # A Task runs its coroutine in a copy of the context current at its creation
-        # (the queue id of arproxy.logcontext): so does the first step here.
-        context = contextvars.copy_context()
-        try:
-            yielded = context.run(coro.send, None)
-        except StopIteration as stop:
-            self._result = stop.value
-            self.elapsed = time.monotonic() - self._started
-        except asyncio.CancelledError:
-            self._cancelled = True  # as a Task that raised CancelledError: cancelled
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as error:  # noqa: BLE001  # kept for `outcome`, as a Task keeps it
-            self._error = error
-        else:
-            self.task = asyncio.get_running_loop().create_task(
-                _Continuation(coro, yielded), context=context
-            )
+        started = eager.start(coro)
+        self.task = started.task
+        if self.task is not None:
             self.task.add_done_callback(self._finished)
+            return
+        self._cancelled = started.cancelled
+        self._error = started.error
+        self._result = cast(tuple[MethodResult, ...], started.result)
+        if not self._cancelled and self._error is None:
+            self.elapsed = time.monotonic() - self._started
 
     def _finished(self, task: asyncio.Future[tuple[MethodResult, ...]]) -> None:
         if not task.cancelled():
@@ -311,45 +297,3 @@ def _cancel(running: Sequence[_Running]) -> None:
 def _abandoned_done(task: asyncio.Future[tuple[MethodResult, ...]]) -> None:
     if not task.cancelled() and (error := task.exception()) is not None:
         log.info("abandoned check ended with %r", error)
-
-
-_T = TypeVar("_T")
-
-
-class _Continuation(Coroutine[Any, Any, _T]):
-    """A coroutine already past its first step, for a Task to drive from there on.
-
-    The Task's first `send(None)` gets back what the coroutine yielded at that step (the
-    future it waits for, or None); every later send, throw and close goes straight to
-    the coroutine, so results, exceptions and cancellation are exactly a Task's. A
-    cancellation before the Task's first step (which would have cancelled the future the
-    coroutine waits for, had the Task seen it) cancels that future too.
-    """
-
-    __slots__ = ("_coro", "_first", "_started")
-
-    def __init__(self, coro: Coroutine[Any, Any, _T], first: Any) -> None:
-        self._coro = coro
-        self._first = first
-        self._started = False
-
-    def send(self, value: Any) -> Any:
-        if not self._started:
-            self._started = True
-            return self._first
-        return self._coro.send(value)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        if not self._started:
-            self._started = True
-            if isinstance(self._first, asyncio.Future):
-                self._first.cancel()
-        if val is None and tb is None:
-            return self._coro.throw(typ)
-        return self._coro.throw(typ, val, tb)
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def __await__(self) -> Generator[Any, None, _T]:
-        raise TypeError("a _Continuation is driven by its Task, never awaited")
