@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import ipaddress
 import logging
 import re
 import time
@@ -45,7 +44,7 @@ import dns.resolver
 import pycares
 
 from arproxy.config import DnsConfig, HostPort
-from arproxy.names import MAX_LABEL_OCTETS, MAX_NAME_OCTETS
+from arproxy.names import MAX_LABEL_OCTETS, MAX_NAME_OCTETS, ip_address
 
 log = logging.getLogger("arproxy.dns")
 
@@ -351,5 +350,6 @@ def _name_text(name: dns.name.Name) -> str:
 
 
 def reverse_name(ip: str) -> str:
-    """The in-addr.arpa / ip6.arpa name for a PTR query."""
-    return ipaddress.ip_address(ip).reverse_pointer
+    """The in-addr.arpa / ip6.arpa name for a PTR query; raise ValueError for text
+    that is no IP address."""
+    return ip_address(ip).reverse_pointer

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import ipaddress
 import logging
 import time
 from collections.abc import Coroutine, Sequence
 from typing import cast
 
+from arproxy import names
 from arproxy.checks import arc, auth, dkim, dmarc, eager, iprev, spf
 from arproxy.checks.base import Check, CheckContext, MethodResult, Stage
 from arproxy.config import ChecksConfig
@@ -170,7 +170,7 @@ class SessionChecks:
 
     @staticmethod
     def is_skipped(client_ip: str, config: ChecksConfig) -> bool:
-        address = ipaddress.ip_address(client_ip)
+        address = names.ip_address(client_ip)
         return any(address in network for network in config.skip_clients)
 
     def _start(self, stage: Stage, ctx: CheckContext) -> list[_Running]:
