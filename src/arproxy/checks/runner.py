@@ -8,6 +8,9 @@ as its own timeout result (temperror) instead of holding the client. A check tha
 raised is reported by its `on_crash` result if it has one (the checks that read the
 message: permerror, a fault of the content), else as its timeout.
 
+A check runs at once, up to its first wait, and gets a Task only if it waits
+(`checks.eager`): with a warm DNS cache most never do.
+
 The runner only schedules: no method's rule lives here. Where a method reports fewer
 results than its checks gave (SPF: MAIL FROM's replaces HELO's), the check declares it
 as its `merge` and the runner applies it. Thread pools come from the worker's resources,
@@ -270,7 +273,10 @@ def ordered(results: Sequence[MethodResult], checks: Sequence[Check]) -> tuple[M
 
 
 def _rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return _RANKS.get(method, len(METHOD_ORDER))
+
+
+_RANKS = {method: rank for rank, method in enumerate(METHOD_ORDER)}
 
 
 async def _wait(running: Sequence[_Running], timeout: float) -> None:
