@@ -115,9 +115,6 @@ class _Running:
         if not task.cancelled():
             self.elapsed = time.monotonic() - self._started
 
-    def done(self) -> bool:
-        return self.task is None or self.task.done()
-
     def outcome(self, *, cancel_if_running: bool = True) -> tuple[MethodResult, ...]:
         task = self.task
         if task is None:
