@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import ipaddress
 import logging
 import re
 import time
@@ -45,7 +44,7 @@ import dns.resolver
 import pycares
 
 from arproxy.config import DnsConfig, HostPort
-from arproxy.names import MAX_LABEL_OCTETS, MAX_NAME_OCTETS
+from arproxy.names import MAX_LABEL_OCTETS, MAX_NAME_OCTETS, ip_address
 
 log = logging.getLogger("arproxy.dns")
 
@@ -185,10 +184,13 @@ class Resolver:
         if rtype not in SUPPORTED_TYPES:
             raise ValueError(f"unsupported record type {rtype!r}")
         key = (name.translate(_ASCII_LOWER).removesuffix("."), rtype)
-        if wire_labels(key[0]) is None:
+        # The cache first: only names the DNS can carry are ever queried, so only they
+        # are cached, and a hit needs no check of the name (`wire_labels`, the larger
+        # part of a cached answer's cost).
+        found = self._cache_get(key)
+        if found is None and wire_labels(key[0]) is None:
             return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
         self.lookups += 1  # asked of our cache (metrics: the hit ratio)
-        found = self._cache_get(key)
         if found is not None:
             self.cache_hits += 1
         return found
@@ -351,5 +353,6 @@ def _name_text(name: dns.name.Name) -> str:
 
 
 def reverse_name(ip: str) -> str:
-    """The in-addr.arpa / ip6.arpa name for a PTR query."""
-    return ipaddress.ip_address(ip).reverse_pointer
+    """The in-addr.arpa / ip6.arpa name for a PTR query; raise ValueError for text
+    that is no IP address."""
+    return ip_address(ip).reverse_pointer

@@ -16,6 +16,7 @@ address is this IPv4-mapped IPv6 address?" asks here, so the answers never disag
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from ipaddress import IPv4Address, IPv6Address
@@ -131,7 +132,7 @@ def parse_address_literal(text: str) -> IPv4Address | IPv6Address | None:
 def format_address_literal(address: IPv4Address | IPv6Address | str) -> str:
     """The RFC 5321 section 4.1.3 literal of an address: "[192.0.2.1]" or
     "[IPv6:2001:db8::1]" (compressed form). Raise ValueError for text that is no address."""
-    parsed = ipaddress.ip_address(address) if isinstance(address, str) else address
+    parsed = ip_address(address) if isinstance(address, str) else address
     return f"[IPv6:{parsed.compressed}]" if parsed.version == 6 else f"[{parsed}]"
 
 
@@ -146,4 +147,13 @@ def unmapped(address: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
 def client_address(ip: str) -> IPv4Address | IPv6Address:
     """The address in `ip`, IPv4-mapped IPv6 taken as the IPv4 it is; raise ValueError
     for text that is no IP address."""
-    return unmapped(ipaddress.ip_address(ip))
+    return unmapped(ip_address(ip))
+
+
+@functools.lru_cache(maxsize=1024)
+def ip_address(text: str) -> IPv4Address | IPv6Address:
+    """`ipaddress.ip_address(text)`, cached per worker: the client's address is read
+    by the session, the Received line and several checks, for each message (12 parses
+    a message under the bench load; the objects are immutable). Raise ValueError for
+    text that is no IP address (not cached)."""
+    return ipaddress.ip_address(text)

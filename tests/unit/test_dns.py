@@ -143,3 +143,27 @@ def test_close_ends_the_queries_still_in_flight() -> None:
     finally:
         silent.close()
     assert all(task.cancelled() for task in pending)
+
+
+def test_a_cached_answer_and_a_name_no_dns_can_carry_count_as_before(
+    dns_server: KnotServer,
+) -> None:
+    """The cache is read before the name is checked (only carried names are ever cached):
+    a hit counts as a lookup and a hit, a name no DNS can carry (RFC 1035 2.3.4) is still
+    NXDOMAIN without a query and counts as neither."""
+
+    async def go() -> None:
+        resolver = Resolver([HostPort("127.0.0.1", dns_server.port)], timeout=1.0)
+        await resolver.lookup("sender.test", "TXT")
+        assert (resolver.lookups, resolver.cache_hits, resolver.queries_sent) == (1, 0, 1)
+        cached = resolver.cached("Sender.Test.", "TXT")
+        assert cached is not None and cached.status is Status.ANSWER
+        assert (resolver.lookups, resolver.cache_hits) == (2, 1)
+        refused = resolver.cached("a..test", "TXT")
+        assert refused is not None and refused.status is Status.NXDOMAIN
+        assert (resolver.lookups, resolver.cache_hits, resolver.queries_sent) == (2, 1, 1)
+        assert resolver.cached("other.test", "TXT") is None
+        assert (resolver.lookups, resolver.cache_hits) == (3, 1)
+        await resolver.close()
+
+    asyncio.run(go())

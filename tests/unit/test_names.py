@@ -3,6 +3,7 @@ rule, checked against the RFC text that defines it."""
 
 from __future__ import annotations
 
+import ipaddress
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -129,3 +130,19 @@ def test_client_address_unwraps_mapped(ip: str, expected: str) -> None:
 def test_client_address_refuses_non_addresses() -> None:
     with pytest.raises(ValueError):
         names.client_address("example.com")
+
+
+@pytest.mark.parametrize(
+    "text", ["192.0.2.1", "2001:DB8:0::1", "::ffff:192.0.2.1", "0.0.0.0", "fe80::1%eth0"]
+)
+def test_cached_ip_address_is_ipaddress_ip_address(text: str) -> None:
+    """names.ip_address, cached per worker, gives what ipaddress.ip_address gives."""
+    assert names.ip_address(text) == ipaddress.ip_address(text)
+    assert names.ip_address(text) == ipaddress.ip_address(text)  # from the cache
+
+
+@pytest.mark.parametrize("text", ["not an address", "192.0.2.256", "", "1.2.3"])
+def test_cached_ip_address_raises_for_no_address_every_time(text: str) -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            names.ip_address(text)

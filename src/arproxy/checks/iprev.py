@@ -7,12 +7,12 @@ through the one resolver and its cache. Starts at connect.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from dataclasses import dataclass
 
 from arproxy import names
 from arproxy.authres import Property, ResInfo
+from arproxy.checks import eager
 from arproxy.checks.base import Check, CheckContext, Stage, Value
 from arproxy.dns import Lookup, Resolver, Status, reverse_name
 
@@ -58,17 +58,24 @@ async def check_iprev(
         # Section 3: no PTR data published -> permerror, not fail.
         return (IprevResult(Value.PERMERROR, ip, reason="no PTR record"),)
     rtype = "A" if address.version == 4 else "AAAA"
-    forward = await asyncio.gather(*(dns.lookup(name, rtype) for name in names))
+    forward = await eager.gather(*(dns.lookup(name, rtype) for name in names))
     for name, lookup in zip(names, forward, strict=True):
-        if _maps_back(lookup, address):
+        if _maps_back(lookup, address, ip):
             return (IprevResult(Value.PASS, ip, name=name),)
     if any(lookup.status is Status.TEMPFAIL for lookup in forward):
         return (IprevResult(Value.TEMPERROR, ip, reason="forward lookup failed temporarily"),)
     return (IprevResult(Value.FAIL, ip, reason=f"no name of {len(names)} maps back"),)
 
 
-def _maps_back(lookup: Lookup, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _maps_back(
+    lookup: Lookup, address: ipaddress.IPv4Address | ipaddress.IPv6Address, text: str
+) -> bool:
+    """Whether an address of `lookup` is `address` (`text`: its str). An answer written as
+    `text` is that address without parsing it (the usual case: one parse fewer a message);
+    any other spelling is parsed and compared."""
     for record in lookup.names():
+        if record == text:
+            return True
         try:
             if ipaddress.ip_address(record) == address:
                 return True

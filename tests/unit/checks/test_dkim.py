@@ -11,6 +11,7 @@ import base64
 import hashlib
 import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import dkim
@@ -23,6 +24,9 @@ from hypothesis import strategies as st
 from arproxy.authres import AuthenticationResults, Property, format_field, parse
 from arproxy.checks.base import CheckContext, Stage, Value
 from arproxy.checks.dkim import CHECK, DkimResult, check, dkimpy_message, header_b_prefixes
+from arproxy.checks.dkim.dkimpy import Verifier, verify_signature
+from arproxy.checks.dkim.keys import judge_key
+from arproxy.checks.dkim.types import Key
 from arproxy.config import HostPort
 from arproxy.dns import Resolver
 from arproxy.header import read_header
@@ -563,3 +567,33 @@ def test_header_b_identifies_its_signature(values: list[str]) -> None:
         )
         if shortened or distinguishable:
             assert matching == [value]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m,  # verifies
+        lambda m: m.replace(b"Subject: Lunch", b"Subject: Dinner"),  # header: fail
+        lambda m: m + b"tampered\r\n",  # body hash: fail
+        lambda m: edit_tag(m, rb"v=1", b"v=2"),  # permerror before the key
+        lambda m: edit_tag(m, rb"a=rsa-sha256", b"a=rsa-sha512"),  # unknown algorithm
+    ],
+)
+def test_the_key_as_dkimpy_read_it_gives_what_dkimpy_verify_gives(
+    edit: Callable[[bytes], bytes],
+) -> None:
+    """The fast path (`Key.evaluated` handed to dkimpy's verify_sig_process) and dkimpy's
+    own `verify` (which parses the key record again) give the same outcome, RFC 6376 6.1."""
+    message = edit(sign(MESSAGE, "s2048"))
+    record = b"k=rsa; p=" + (KEYS / "rsa2048.pub.b64").read_bytes().strip()
+    tags = {b"a": b"rsa-sha256", b"d": b"dkim-keys.test", b"s": b"s2048"}
+    key = judge_key(record, tags)
+    assert key.evaluated is not None
+    plain = Key(key.record, key.keysize)  # no reading: dkimpy's verify parses the record
+
+    def outcome(chosen: Key) -> tuple[Value, str] | None:
+        verifier = Verifier(message)
+        found = asyncio.run(verify_signature(verifier, verifier.signatures()[0], chosen))
+        return None if found is None else (found.value, found.reason)
+
+    assert outcome(key) == outcome(plain)

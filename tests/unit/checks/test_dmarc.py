@@ -716,3 +716,14 @@ def test_timeout_with_an_unusable_from_field_is_permerror(raw: bytes | None) -> 
     (result,) = CHECK.on_timeout(CheckContext("192.0.2.1", message=raw))
     assert isinstance(result, DmarcResult)
     assert (result.value, result.from_domain) == (Value.PERMERROR, None)
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["example.com", "mail.example.com", "a.b.example.co.uk", "co.uk", "sub.example.test", "com"],
+)
+def test_cached_organizational_domain_is_the_uncached_one(domain: str) -> None:
+    """RFC 7489 section 3.2, cached per worker: the same answer, first time and from the cache."""
+    uncached = organizational_domain.__wrapped__(domain)
+    assert organizational_domain(domain) == uncached
+    assert organizational_domain(domain) == uncached

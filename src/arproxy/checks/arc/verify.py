@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import dkim
 
 from arproxy import authres, names
+from arproxy.checks import eager
 from arproxy.checks.arc.chain import (
     ARC_FIELDS,
     ArcSet,
@@ -164,7 +165,7 @@ async def fetch_keys(dns: Resolver, chain: tuple[ArcSet, ...]) -> dict[str, Key 
             name = key_name(judged)
             if name is not None and name not in queries:
                 queries[name] = KeyQuery(name, judged)
-    found = await asyncio.gather(*(key_for(dns, query) for query in queries.values()))
+    found = await eager.gather(*(key_for(dns, query) for query in queries.values()))
     return dict(zip(queries, found, strict=True))
 
 

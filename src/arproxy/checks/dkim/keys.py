@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import dkim
 
@@ -151,26 +152,28 @@ def _read_record(record: bytes) -> _Record | _Problem:
 
 def _usable_key(clean_record: bytes, key_type: bytes) -> Key | _Problem:
     try:
-        keysize = _keysize(clean_record)
+        evaluated = _evaluate(clean_record)
     except Unverifiable as problem:
         return problem.value, problem.reason
+    keysize = evaluated[1]
     if key_type == b"rsa" and keysize < MIN_RSA_BITS:
         # RFC 8301 section 3.2: keys under 1024 bits MUST NOT be considered valid.
         return Value.PERMERROR, "key too small"
-    return Key(clean_record, keysize)
+    return Key(clean_record, keysize, evaluated)
 
 
-def _keysize(record: bytes) -> int:
-    """The key's size in bits as dkimpy parses it; Unverifiable if it cannot."""
+def _evaluate(record: bytes) -> tuple[Any, int, bytes, bool]:
+    """dkimpy's reading of the key (key object, size in bits, k=, s=tlsrpt); Unverifiable
+    if it cannot read it."""
     try:
-        _, keysize, _, _ = dkim.evaluate_pk(b"", record)
+        pk, keysize, ktag, tlsrpt = dkim.evaluate_pk(b"", record)
     except dkim.NaClNotFoundError as exc:
         # RFC 8463 requires Ed25519 of verifiers; dkimpy needs pynacl for it.
         raise Unverifiable(Value.PERMERROR, "ed25519 not supported") from exc
     except DKIMPY_INPUT_ERRORS as exc:
         # RFC 6376 6.1.2: PERMFAIL (key syntax error).
         raise Unverifiable(Value.PERMERROR, "key syntax error") from exc
-    return int(keysize)
+    return pk, int(keysize), ktag, bool(tlsrpt)
 
 
 def _tag_list(value: bytes) -> set[bytes]:

@@ -4,7 +4,8 @@ stop `Unverifiable` that every step may return. No DNS, no dkimpy verification."
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import dkim
 import dkim.util
@@ -119,6 +120,10 @@ class Key:
 
     record: bytes
     keysize: int
+    # dkimpy's own reading of `record` (``dkim.evaluate_pk``: key object, size, k=, whether
+    # s=tlsrpt), made once when the record was judged: handed to dkimpy's verifier instead
+    # of the record, which it would otherwise parse (tags, base64, ASN.1) per signature.
+    evaluated: tuple[Any, int, bytes, bool] | None = field(default=None, compare=False, repr=False)
 
 
 def parse_tags(value: bytes) -> dict[bytes, bytes] | None:

@@ -31,6 +31,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
+from arproxy.checks import eager
 from arproxy.checks.base import Check, CheckContext, Stage, Value
 from arproxy.checks.dkim.dkimpy import Verifier, runs_inline, verify_signature
 from arproxy.checks.dkim.keys import key_for, key_name
@@ -77,7 +78,7 @@ async def check(
     queries = [key_query(sig) for sig in checked]
     # All keys at once (dkimpy's own checks of the signatures come later, so a signature it
     # rejects may cost a lookup); the verifications, CPU work, one after the other.
-    keys = await asyncio.gather(*(key_for(dns, query) for query in queries))
+    keys = await eager.gather(*(key_for(dns, query) for query in queries))
     results: list[DkimResult] = []
     for sig, query, key, prefix in zip(checked, queries, keys, prefixes, strict=True):
         outcome = (

@@ -26,8 +26,13 @@ def public_suffixes() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
-    """Section 3.2: the public suffix plus one label; a public suffix is its own."""
+    """Section 3.2: the public suffix plus one label; a public suffix is its own.
+
+    Cached per worker: a pure function of the domain while the list stays the same (it is
+    loaded once per process), asked three times a message (discovery and alignment) for
+    the same few senders' domains."""
     private = public_suffixes().privatesuffix(domain)
     return private if isinstance(private, str) else domain
 

@@ -13,10 +13,10 @@ record is, the organizational domain), `alignment` (section 3.1), `result`.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable, Sequence
 
+from arproxy.checks import eager
 from arproxy.checks.base import Check, CheckContext, Disposition, Stage, Value
 from arproxy.checks.dmarc.alignment import (
     aligned_dkim_domain,
@@ -134,7 +134,7 @@ async def check(
         domains = author_domains(ctx.message)
     except AuthorError as exc:
         return (DmarcResult(Value.PERMERROR, reason=str(exc)),)
-    results = await asyncio.gather(*(evaluate(ctx, dns, d, draw) for d in domains))
+    results = await eager.gather(*(evaluate(ctx, dns, d, draw) for d in domains))
     return (strictest(results),)
 
 

@@ -26,6 +26,7 @@ any other mechanism before `all`, stays a pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -122,8 +123,11 @@ def keep_reported(results: Sequence[MethodResult]) -> tuple[MethodResult, ...]:
 # --- the identities --------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def identity_domain(text: str) -> str | None:
     """`text` as a domain SPF can check (lower-case ASCII), or None if it is not one.
+    Cached per worker (a pure function, asked four times a message for the same few
+    HELO and sender domains).
 
     RFC 7208 section 4.3: a malformed domain or one that is not multi-label gives `none`
     without any lookup; so does an address literal or other non-name (sections 2.3, 2.6.1).
