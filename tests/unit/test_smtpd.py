@@ -138,6 +138,11 @@ def test_constructor_uses_inspect_and_dir_as_the_member_tables_assume() -> None:
     assert 'if mname.startswith("auth_")' in source
     assert "for m in dir(handler)" in source
     assert "for m in dir(self)" in source
+    # _MemberTables.names lists only what these filters keep (smtpd._DIR_PREFIXES).
+    assert 'if m.startswith("handle_")' in source
+    assert 'if m.startswith("smtp_")' in source
+    assert source.count("dir(") == 2
+    assert "dir(" not in inspect.getsource(aiosmtpd.smtp).replace(source, "")
     assert "inspect.signature(ehlo_hook).parameters" in source
 
 
@@ -263,3 +268,149 @@ def test_plain_paths_take_the_fast_path(local: str, domain: str | None, after: s
 def test_other_paths_are_aiosmtpds(arg: str) -> None:
     # Quoted local part, source route (RFC 5321 section 4.1.2), non-ASCII: its reader.
     assert plain_path(arg) is None
+
+
+# --- the idle timer: one per session, moved only when it fires early ---
+
+
+class _Clock:
+    """An event loop's timer part on a clock that moves only when told (`advance`)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.handles: list[asyncio.TimerHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def get_debug(self) -> bool:
+        return False
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass
+
+    def call_at(self, when: float, callback: Any) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, (), self)  # type: ignore[arg-type]
+        self.handles.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Any) -> asyncio.TimerHandle:
+        return self.call_at(self.now + delay, callback)
+
+    def advance(self, seconds: float) -> None:
+        """Run the handles that fall due, in time order, as the loop does."""
+        end = self.now + seconds
+        while True:
+            due = [h for h in self.handles if not h.cancelled() and h.when() <= end]
+            if not due:
+                break
+            handle = min(due, key=lambda h: h.when())
+            self.handles.remove(handle)
+            self.now = max(self.now, handle.when())
+            handle._run()
+        self.now = end
+
+
+class _Timed:
+    """What _reset_timeout and _timeout_cb use of a session; timeouts are recorded."""
+
+    def __init__(self, clock: _Clock, reset: Any) -> None:
+        self.loop = clock
+        self._timeout_duration = 10.0
+        self._timeout_handle: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._timer_pending = False
+        self.timeouts: list[float] = []
+        self._reset = reset
+
+    def reset(self, duration: float | None) -> None:
+        self._reset(self, duration)
+
+    def _on_timer(self) -> None:
+        smtpd.SMTPAdapter._on_timer(self)  # type: ignore[arg-type]
+
+    def _timeout_cb(self) -> None:
+        self.timeouts.append(self.loop.now)
+
+
+_timer_steps = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 0.5, 3.0, 9.99, 10.0, 10.01, 25.0]),
+        st.sampled_from([None, None, 0.5, 5.0, 30.0, "cancel"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_timer_steps)
+def test_one_timer_times_out_when_aiosmtpds_would(steps: list[tuple[float, Any]]) -> None:
+    """The same commands (resets, at times and with bounds) and connection ends (the
+    handle cancelled, as aiosmtpd's connection_lost does): the same timeouts, at the
+    same instants, as aiosmtpd's cancel-and-recreate per command."""
+    ours_clock, stock_clock = _Clock(), _Clock()
+    ours = _Timed(ours_clock, smtpd.SMTPAdapter._reset_timeout)
+    stock = _Timed(stock_clock, SMTP._reset_timeout)
+    for session in (ours, stock):
+        session.reset(None)  # connection_made
+    for wait, action in steps:
+        for clock, session in ((ours_clock, ours), (stock_clock, stock)):
+            clock.advance(wait)
+            if action == "cancel":
+                assert session._timeout_handle is not None
+                session._timeout_handle.cancel()
+            else:
+                session.reset(action)
+    ours_clock.advance(100.0)
+    stock_clock.advance(100.0)
+    assert ours.timeouts == stock.timeouts
+
+
+def test_one_timer_is_armed_once_for_commands_in_a_row() -> None:
+    clock = _Clock()
+    session = _Timed(clock, smtpd.SMTPAdapter._reset_timeout)
+    for _ in range(5):
+        session.reset(None)
+        clock.advance(1.0)
+    assert len(clock.handles) == 1  # aiosmtpd's: five, four of them cancelled
+    clock.advance(8.5)  # past the first command's bound (10.0), not the last's
+    assert session.timeouts == [], "re-armed for the rest"
+    clock.advance(0.5)
+    assert session.timeouts == [14.0]  # the last command (at 4.0) plus 10 seconds
+
+
+def test_what_the_one_timer_assumes() -> None:
+    # aiosmtpd cancels the handle it finds in _timeout_handle when the connection
+    # goes, and reaches the timer only through _reset_timeout.
+    assert "self._timeout_handle.cancel()" in inspect.getsource(SMTP.connection_lost)
+    source = inspect.getsource(aiosmtpd.smtp)
+    assert source.count("call_later(") == 1
+    assert "self._timeout_handle = self.loop.call_later(" in inspect.getsource(SMTP._reset_timeout)
+
+
+# --- replies: printable ASCII passes wire_safe as it is ---
+
+
+def _wire_safe_general(status: str) -> str:
+    return "\r\n".join(
+        smtpd._NOT_PRINTABLE.sub(smtpd._escape, line) for line in status.split("\r\n")
+    )
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)),
+            st.sampled_from(["\r\n", "\r", "\n", "\x00", "\x7f", "\t", "é", "\udcff"]),
+        ),
+        max_size=8,
+    ).map("".join)
+)
+def test_wire_safe_fast_path_gives_what_the_escaping_gives(status: str) -> None:
+    assert smtpd.wire_safe(status) == _wire_safe_general(status)
+
+
+def test_wire_safe_returns_a_printable_reply_itself() -> None:
+    status = "250-mx.example.com\r\n250 2.0.0 OK"
+    assert smtpd.wire_safe(status) is status
