@@ -70,6 +70,10 @@ class Reply:
 
 
 def _clean(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        # Nearly every line (the downstream's replies, our catalogue): for ASCII,
+        # isprintable() is exactly "no character _UNSAFE matches"; no regex pass.
+        return text.strip()
     return _UNSAFE.sub(" ", text).strip()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 from typing import Any
 
@@ -414,3 +415,58 @@ def test_wire_safe_fast_path_gives_what_the_escaping_gives(status: str) -> None:
 def test_wire_safe_returns_a_printable_reply_itself() -> None:
     status = "250-mx.example.com\r\n250 2.0.0 OK"
     assert smtpd.wire_safe(status) is status
+
+
+# --- aiosmtpd's sanitized_log: skipped when its logger drops the record ---
+
+
+def test_sanitized_log_is_called_with_logger_methods_of_known_levels() -> None:
+    calls = re.findall(r"sanitized_log\((\w+)\.(\w+),", inspect.getsource(aiosmtpd.smtp))
+    assert calls, "aiosmtpd no longer calls sanitized_log: drop _sanitized_log"
+    assert {level for _, level in calls} <= set(smtpd._LEVEL_OF)
+    assert {name for name, _ in calls} == {"log"}
+
+
+def test_sanitized_log_logs_what_aiosmtpds_logs_when_enabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("arproxy.test_sanitized")
+    monkeypatch.setattr(logger, "handlers", [Keep()])
+    monkeypatch.setattr(logger, "propagate", False)
+    line = b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"
+    logged: dict[Any, list[tuple[int, str]]] = {}
+    for log in (smtpd._sanitized_log, smtpd._STOCK_SANITIZED_LOG):
+        records.clear()
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+            monkeypatch.setattr(logger, "level", level)
+            logger.manager._clear_cache()
+            log(logger.debug, "%r >> %r", ("192.0.2.1", 25), line)
+            log(logger.info, "%r >> %r", ("192.0.2.1", 25), line)
+        logged[log] = [(r.levelno, r.getMessage()) for r in records]
+    logger.manager._clear_cache()
+    ours, stock = logged.values()
+    # Debug: both records; info: the info record; warning: none.
+    assert ours == stock and [level for level, _ in ours] == [10, 20, 20]
+    assert all("AGFsaWNl" not in message for _, message in ours), "AUTH data masked"
+
+
+def test_sanitized_log_skips_the_masking_when_the_record_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def stock(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("called although the logger drops the record")
+
+    logger = logging.getLogger("arproxy.test_sanitized_off")
+    monkeypatch.setattr(logger, "level", logging.ERROR)
+    logger.manager._clear_cache()
+    monkeypatch.setattr(smtpd, "_STOCK_SANITIZED_LOG", stock)
+    smtpd._sanitized_log(logger.info, "%r >> %r", ("192.0.2.1", 25), b"QUIT")
+    with pytest.raises(AssertionError):
+        smtpd._sanitized_log(logger.error, "%r", b"QUIT")  # a level it does not know
+    logger.manager._clear_cache()
