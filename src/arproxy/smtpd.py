@@ -202,7 +202,12 @@ class _MemberTables(ModuleType):
         return found
 
 
-_LEVEL_OF = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+# The logger methods aiosmtpd hands sanitized_log, and the level each logs at.
+_LEVEL_OF: dict[Any, int] = {
+    logging.Logger.debug: logging.DEBUG,
+    logging.Logger.info: logging.INFO,
+    logging.Logger.warning: logging.WARNING,
+}
 
 
 def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
@@ -210,9 +215,8 @@ def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: An
     logging it), skipped when its logger drops the record anyway: aiosmtpd calls
     it twice per command line, at debug and info (a regex match per line, ~0.04 s
     per 1000 messages), and arproxy keeps aiosmtpd's logger at errors (cli)."""
-    logger = getattr(func, "__self__", None)
-    level = _LEVEL_OF.get(getattr(func, "__name__", ""))
-    if isinstance(logger, logging.Logger) and level is not None and not logger.isEnabledFor(level):
+    level = _LEVEL_OF.get(getattr(func, "__func__", None))
+    if level is not None and not func.__self__.isEnabledFor(level):  # type: ignore[attr-defined]
         return
     _STOCK_SANITIZED_LOG(func, msg, *args, **kwargs)
 
