@@ -55,3 +55,12 @@ def test_aiosmtpd_replies_get_enhanced_codes() -> None:
 def test_clean_fast_path_gives_what_the_regex_gives(text: str) -> None:
     """Plain printable ASCII skips the regex; every text comes out as the regex's."""
     assert replies._clean(text) == replies._UNSAFE.sub(" ", text).strip()
+
+
+def test_wire_form_made_once_leaves_equality_and_hash_alone() -> None:
+    fresh = Reply.of(250, "2.1.0", "Sender OK")
+    written = str(replies.SENDER_OK)
+    assert str(replies.SENDER_OK) is written, "made once per reply"
+    assert written == str(fresh) == "250 2.1.0 Sender OK"
+    assert fresh == replies.SENDER_OK and hash(fresh) == hash(replies.SENDER_OK)
+    assert repr(fresh) == repr(replies.SENDER_OK)
