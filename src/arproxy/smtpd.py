@@ -44,7 +44,8 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
   `dir` on the instance and the handler, and reads the EHLO hook's signature (0.1 ms,
   most of the constructor, evaluating every property on the way). `_MemberTables`
   answers them from tables made once per class, listing only the names aiosmtpd
-  keeps (`_DIR_PREFIXES`).
+  keeps (`_DIR_PREFIXES`), and none for the adapter itself: its command table
+  (`_smtp_methods`) is a `_CommandTable`, binding a method when it is looked up.
 
 `tests/unit/test_smtpd.py` fails if any of these disappears from aiosmtpd, and
 pyproject pins aiosmtpd below 1.5.
@@ -57,7 +58,7 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any, AnyStr, NoReturn
 
@@ -161,12 +162,17 @@ class _MemberTables(ModuleType):
         self._auth_names: dict[type, tuple[str, ...]] = {}
         self._class_names: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
         self._signatures: dict[Any, inspect.Signature] = {}
+        self._commands: dict[type, dict[str, str]] = {}
 
     def names(self, obj: Any) -> list[str]:
         """`dir(obj)`'s names that aiosmtpd keeps (it filters them by the prefixes
         `_DIR_PREFIXES`; unsorted): the class's, listed once, and the instance's own.
         Only those: the ~300 others cost more to list and to filter than the tables
         aiosmtpd builds from them."""
+        if isinstance(obj, SMTPAdapter):
+            # Its command table is SMTPAdapter.__init__'s (_CommandTable, methods
+            # bound on look-up): aiosmtpd gets no `smtp_` names to build its own.
+            return []
         listed = self._class_names.get(type(obj))
         if listed is None:
             every = dir(type(obj))
@@ -180,6 +186,15 @@ class _MemberTables(ModuleType):
             *names,
             *(name for name in own if name.startswith(_DIR_PREFIXES) and name not in known),
         ]
+
+    def commands_of(self, cls: type) -> dict[str, str]:
+        """aiosmtpd's command table keys ("MAIL") and the method names ("smtp_MAIL")
+        of `cls`, listed once: what its constructor builds from `dir(self)`."""
+        commands = self._commands.get(cls)
+        if commands is None:
+            commands = {m.replace("smtp_", ""): m for m in dir(cls) if m.startswith("smtp_")}
+            self._commands[cls] = commands
+        return commands
 
     def __getattr__(self, name: str) -> Any:
         return getattr(inspect, name)
@@ -224,15 +239,45 @@ def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: An
 _STOCK_SANITIZED_LOG = aiosmtpd.smtp.sanitized_log
 
 
-def _install_member_tables() -> None:
+def _install_member_tables() -> _MemberTables:
     """Give aiosmtpd.smtp the `inspect` above and `_sanitized_log` (once; at the
     first connection, not at import, so importing arproxy changes nothing)."""
     module: Any = aiosmtpd.smtp
-    if not isinstance(module.inspect, _MemberTables):
+    tables = module.inspect
+    if not isinstance(tables, _MemberTables):
         tables = _MemberTables()
         module.inspect = tables
         module.dir = tables.names  # a module global: found before the builtin
         module.sanitized_log = _sanitized_log
+    return tables
+
+
+class _CommandTable(Mapping[str, Any]):
+    """aiosmtpd's `_smtp_methods` of one session ({"MAIL": session.smtp_MAIL, ...}),
+    each method bound when aiosmtpd looks a command up (`get`, as its command loop
+    and HELP do) rather than all of them per connection."""
+
+    __slots__ = ("_names", "_owner")
+
+    def __init__(self, owner: SMTP, names: dict[str, str]) -> None:
+        self._owner = owner
+        self._names = names  # "MAIL" -> "smtp_MAIL", shared by the class's sessions
+
+    def get(self, command: str, default: Any = None) -> Any:
+        name = self._names.get(command)
+        return default if name is None else getattr(self._owner, name)
+
+    def __getitem__(self, command: str) -> Any:
+        return getattr(self._owner, self._names[command])
+
+    def __contains__(self, command: object) -> bool:
+        return command in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
@@ -246,8 +291,10 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
         # The idle timer (_reset_timeout): when it is due, and whether it waits.
         self._deadline = 0.0
         self._timer_pending = False
-        _install_member_tables()
+        tables = _install_member_tables()
         super().__init__(handler, **kwargs)
+        commands: Any = _CommandTable(self, tables.commands_of(type(self)))
+        self._smtp_methods = commands
         self._in_greeting_reply = False
         self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
         # The MAIL/RCPT parameters as the client wrote them (aiosmtpd upper-cases).

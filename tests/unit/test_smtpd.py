@@ -193,6 +193,32 @@ def test_member_tables_give_what_stock_inspect_and_dir_give() -> None:
     assert isinstance(commands, dict) and "MAIL" in commands and "STARTTLS" in commands
 
 
+def test_command_table_binds_on_look_up_what_aiosmtpd_binds() -> None:
+    async def build() -> None:
+        config = parse_config('[server]\nhostname = "mx.example.com"\n', "t")
+        handler = SessionHandler(Pipeline(config))
+        server = ArproxySMTP(handler, SessionRegistry(None), hostname="mx")
+        commands = server._smtp_methods
+        assert isinstance(commands, smtpd._CommandTable)
+        assert commands.get("MAIL") == server.smtp_MAIL  # bound to this session
+        assert commands.get("MAIL").__self__ is server
+        assert commands["DATA"] == server.smtp_DATA
+        assert commands.get("XYZZY") is None and "XYZZY" not in commands
+        assert "STARTTLS" in commands and len(commands) == len(dict(commands.items()))
+        assert sorted(commands) == sorted(
+            m.replace("smtp_", "") for m in dir(server) if m.startswith("smtp_")
+        )
+        await handler.pipeline.resources.close()
+
+    asyncio.run(build())
+
+
+def test_aiosmtpd_uses_its_command_table_as_the_lazy_table_allows() -> None:
+    # _CommandTable offers get, [], in, iteration, items: aiosmtpd uses get and items.
+    uses = re.findall(r"self\._smtp_methods(\W\w*)", inspect.getsource(aiosmtpd.smtp))
+    assert uses and set(uses) <= {".get", ".items", ":"}, uses  # ":": its annotation
+
+
 # --- _getaddr: plain paths read without aiosmtpd's e-mail header parser ---
 
 _ATEXT = "abcxyzABZ0189!#$%&'*+/=?^_`{|}~-"
