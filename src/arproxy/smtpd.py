@@ -112,6 +112,7 @@ AIOSMTPD_ATTRIBUTES = (
     "_writer",
     "_decode_data",
     "_handle_hooks",
+    "_smtp_methods",  # replaced by a _CommandTable
     "_timeout_handle",  # _reset_timeout's
     "_timeout_duration",
 )
