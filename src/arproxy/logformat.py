@@ -61,6 +61,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+def skip_unprinted_fields(form: Literal["text", "json"] = "text", *, with_pid: bool) -> None:
+    """Have `logging` skip the record fields no format of ours prints (the Python
+    logging HOWTO, "Optimization"): the caller's file, line and function (a walk up
+    the stack per record), the thread and the multiprocessing process name. The
+    process id stays when a format prints it (JSON's "pid", TEXT_FORMAT_WITH_PID).
+
+    Process-wide and for good: called by `arproxy serve` only, whose formats are
+    TEXT_FORMAT, TEXT_FORMAT_WITH_PID and JsonFormatter (which reads `created`,
+    `levelname`, `name`, `process`, the message, `exc_info` and the outcome).
+    `stack_info=True` would need the caller: arproxy never asks for it.
+    """
+    logging._srcfile = None  # pathname, filename, module, lineno, funcName
+    logging.logThreads = False  # thread, threadName
+    logging.logMultiprocessing = False  # processName
+    logging.logProcesses = form == "json" or with_pid  # process
+
+
 def setup(level: str, form: Literal["text", "json"] = "text", *, with_pid: bool = False) -> None:
     """Log to standard error at `level` in `form`; text lines get the queue id prefix,
     and with `with_pid` (several worker processes) the writing process's id."""

@@ -6,6 +6,7 @@ what to send, and a downstream's reply can be handed on exactly as it was given.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -61,6 +62,13 @@ class Reply:
 
     def __str__(self) -> str:
         """Wire form without the final CRLF (aiosmtpd's push() adds it)."""
+        return self._wire
+
+    @functools.cached_property
+    def _wire(self) -> str:
+        # Made once per reply: the catalogue's constants (250 Sender OK, Recipient
+        # OK...) are written several times per message. A frozen dataclass keeps its
+        # fields; the cache sits in the instance dict, outside eq and hash.
         prefix = f"{self.enhanced} " if self.enhanced else ""
         last = len(self.lines) - 1
         return "\r\n".join(
@@ -70,6 +78,10 @@ class Reply:
 
 
 def _clean(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        # Nearly every line (the downstream's replies, our catalogue): for ASCII,
+        # isprintable() is exactly "no character _UNSAFE matches"; no regex pass.
+        return text.strip()
     return _UNSAFE.sub(" ", text).strip()
 
 

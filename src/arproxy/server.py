@@ -174,7 +174,8 @@ class ArproxySMTP(SMTPAdapter):
         if ssl_object is not None and self.session is not None:
             self.session.ssl = ssl_object  # implicit TLS: encrypted from the first byte
         if not self.config.server.proxy_protocol:
-            self.admit_client(peer_ip)
+            # refusal_for counted this client a moment ago, in this same call.
+            self.admit_client(peer_ip, counted=True)
 
     def _carry_over(self, before: Session | None) -> None:
         """Keep the connection's pipeline session across STARTTLS (aiosmtpd starts a
@@ -197,15 +198,17 @@ class ArproxySMTP(SMTPAdapter):
                 return False
         return self.admit_client(client_ip)
 
-    def admit_client(self, client_ip: str) -> bool:
-        """The client's address is known (PROXY header or socket): open its session."""
+    def admit_client(self, client_ip: str, *, counted: bool = False) -> bool:
+        """The client's address is known (PROXY header or socket): open its session.
+        `counted`: `registry.refusal_for` has just checked the client's count (and
+        with several workers reserved its place), nothing ran in between."""
         assert isinstance(self.session, ArproxySession)
         log.info(
             "connect from %s%s",
             client_ip,
             f" via proxy {self.peer_text}" if self.config.server.proxy_protocol else "",
         )
-        if self.registry.client_is_full(client_ip, self.config):
+        if not counted and self.registry.client_is_full(client_ip, self.config):
             log.warning("client %s over max_connections_per_ip: closing", client_ip)
             self.close_with(TOO_MANY_FROM_CLIENT, logged=True)
             return False
@@ -621,8 +624,16 @@ def _state(session: ArproxySession) -> PipelineSession:
 
 
 def make_protocol_factory(
-    handler: SessionHandler, registry: SessionRegistry, *, implicit_tls: bool
+    handler: SessionHandler,
+    registry: SessionRegistry,
+    *,
+    implicit_tls: bool,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> Any:
+    """A protocol factory for the listener on `loop` (given, aiosmtpd does not look
+    it up per connection: its look-up sets and restores a warnings filter, ~0.1 s per
+    1000 connections)."""
+
     def factory() -> ArproxySMTP:
         # A new connection gets the current configuration and TLS context: a SIGHUP
         # reload takes effect for the next client without disturbing open sessions.
@@ -644,6 +655,7 @@ def make_protocol_factory(
             auth_exclude_mechanism=None if handler.authenticator else ["PLAIN", "LOGIN"],
             proxy_protocol_timeout=PROXY_HEADER_TIMEOUT if config.server.proxy_protocol else None,
             command_call_limit=COMMAND_CALL_LIMITS,
+            loop=loop,
         )
 
     return factory

@@ -293,7 +293,7 @@ async def _listen(
     inherited: Listeners | None,
 ) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
-    factory = make_protocol_factory(handler, registry, implicit_tls=implicit)
+    factory = make_protocol_factory(handler, registry, implicit_tls=implicit, loop=loop)
     if implicit:
         assert handler.tls is not None
         ssl_context = handler.tls.front_context()

@@ -12,7 +12,8 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
 - `_handler_coroutine`: the session task, observed so no exception goes unretrieved.
 - `_tls_protocol`: the TLS layer STARTTLS built, switched to `HalfCloseSSLProtocol`.
 - `_timeout_cb`: aiosmtpd closes an idle client without a word; RFC 5321 wants 421.
-- `_reset_timeout`: DATA gets its own, longer bound.
+- `_reset_timeout`: one idle timer per session, moved only when it fires before the
+  deadline (aiosmtpd makes a new one per command); DATA gets its own, longer bound.
 - `_getparams`: MAIL/RCPT parameters read by the RFC 5321 grammar and our EHLO offer.
 - `_authenticate`, `auth_PLAIN`, `auth_LOGIN`: the synchronous credential hook is
   bypassed so credentials are checked off the event loop.
@@ -36,11 +37,15 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
   `_handle_hooks` (decoded data and the deprecated `process_message` are left to
   aiosmtpd's own smtp_DATA: arproxy uses neither).
 - `challenge_auth`: the lines it reads are AUTH data, never to be logged.
+- `sanitized_log` (as `aiosmtpd.smtp` names it): skipped when its logger would
+  drop the record (`_sanitized_log`).
 - `inspect` and `dir` (as `aiosmtpd.smtp` names them): `SMTP.__init__` builds its
   command, hook and AUTH tables on every connection with `inspect.getmembers` and
   `dir` on the instance and the handler, and reads the EHLO hook's signature (0.1 ms,
   most of the constructor, evaluating every property on the way). `_MemberTables`
-  answers them from tables made once per class.
+  answers them from tables made once per class, listing only the names aiosmtpd
+  keeps (`_DIR_PREFIXES`), and none for the adapter itself: its command table
+  (`_smtp_methods`) is a `_CommandTable`, binding a method when it is looked up.
 
 `tests/unit/test_smtpd.py` fails if any of these disappears from aiosmtpd, and
 pyproject pins aiosmtpd below 1.5.
@@ -51,8 +56,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
+import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any, AnyStr, NoReturn
 
@@ -106,6 +112,9 @@ AIOSMTPD_ATTRIBUTES = (
     "_writer",
     "_decode_data",
     "_handle_hooks",
+    "_smtp_methods",  # replaced by a _CommandTable
+    "_timeout_handle",  # _reset_timeout's
+    "_timeout_duration",
 )
 
 _PENDING = "arproxy: credentials to check"
@@ -139,6 +148,9 @@ _AIOSMTPD_GOODBYE = "502 5.5.1 Too many unrecognized commands, goodbye."
 # What a reply line may carry: printable ASCII. aiosmtpd echoes the client's command
 # or argument in some replies (500 command "X" not recognized, 502 Could not VRFY X).
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+# The prefixes by which aiosmtpd's constructor filters `dir()` (its command and hook
+# tables; tests/unit/test_smtpd.py checks its source says so).
+_DIR_PREFIXES = ("smtp_", "handle_")
 
 
 class _MemberTables(ModuleType):
@@ -151,17 +163,39 @@ class _MemberTables(ModuleType):
         self._auth_names: dict[type, tuple[str, ...]] = {}
         self._class_names: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
         self._signatures: dict[Any, inspect.Signature] = {}
+        self._commands: dict[type, dict[str, str]] = {}
 
     def names(self, obj: Any) -> list[str]:
-        """`dir(obj)`'s names (unsorted: aiosmtpd only filters them by prefix): the
-        class's, listed once, and the instance's own."""
+        """`dir(obj)`'s names that aiosmtpd keeps (it filters them by the prefixes
+        `_DIR_PREFIXES`; unsorted): the class's, listed once, and the instance's own.
+        Only those: the ~300 others cost more to list and to filter than the tables
+        aiosmtpd builds from them."""
+        if isinstance(obj, SMTPAdapter):
+            # Its command table is SMTPAdapter.__init__'s (_CommandTable, methods
+            # bound on look-up): aiosmtpd gets no `smtp_` names to build its own.
+            return []
         listed = self._class_names.get(type(obj))
         if listed is None:
-            names = tuple(dir(type(obj)))
-            listed = self._class_names[type(obj)] = (names, frozenset(names))
+            every = dir(type(obj))
+            names = tuple(name for name in every if name.startswith(_DIR_PREFIXES))
+            listed = self._class_names[type(obj)] = (names, frozenset(every))
         names, known = listed
-        own = getattr(obj, "__dict__", {})
-        return [*names, *(name for name in own if name not in known)]
+        own = getattr(obj, "__dict__", None)
+        if not own:
+            return list(names)
+        return [
+            *names,
+            *(name for name in own if name.startswith(_DIR_PREFIXES) and name not in known),
+        ]
+
+    def commands_of(self, cls: type) -> dict[str, str]:
+        """aiosmtpd's command table keys ("MAIL") and the method names ("smtp_MAIL")
+        of `cls`, listed once: what its constructor builds from `dir(self)`."""
+        commands = self._commands.get(cls)
+        if commands is None:
+            commands = {m.replace("smtp_", ""): m for m in dir(cls) if m.startswith("smtp_")}
+            self._commands[cls] = commands
+        return commands
 
     def __getattr__(self, name: str) -> Any:
         return getattr(inspect, name)
@@ -184,14 +218,67 @@ class _MemberTables(ModuleType):
         return found
 
 
-def _install_member_tables() -> None:
-    """Give aiosmtpd.smtp the `inspect` above (once; at the first connection, not at
-    import, so importing arproxy changes nothing)."""
+# The logger methods aiosmtpd hands sanitized_log, and the level each logs at.
+_LEVEL_OF: dict[Any, int] = {
+    logging.Logger.debug: logging.DEBUG,
+    logging.Logger.info: logging.INFO,
+    logging.Logger.warning: logging.WARNING,
+}
+
+
+def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's `sanitized_log` (it masks AUTH data in a command line before
+    logging it), skipped when its logger drops the record anyway: aiosmtpd calls
+    it twice per command line, at debug and info (a regex match per line, ~0.04 s
+    per 1000 messages), and arproxy keeps aiosmtpd's logger at errors (cli)."""
+    level = _LEVEL_OF.get(getattr(func, "__func__", None))
+    if level is not None and not func.__self__.isEnabledFor(level):  # type: ignore[attr-defined]
+        return
+    _STOCK_SANITIZED_LOG(func, msg, *args, **kwargs)
+
+
+_STOCK_SANITIZED_LOG = aiosmtpd.smtp.sanitized_log
+
+
+def _install_member_tables() -> _MemberTables:
+    """Give aiosmtpd.smtp the `inspect` above and `_sanitized_log` (once; at the
+    first connection, not at import, so importing arproxy changes nothing)."""
     module: Any = aiosmtpd.smtp
-    if not isinstance(module.inspect, _MemberTables):
+    tables = module.inspect
+    if not isinstance(tables, _MemberTables):
         tables = _MemberTables()
         module.inspect = tables
         module.dir = tables.names  # a module global: found before the builtin
+        module.sanitized_log = _sanitized_log
+    return tables
+
+
+class _CommandTable(Mapping[str, Any]):
+    """aiosmtpd's `_smtp_methods` of one session ({"MAIL": session.smtp_MAIL, ...}),
+    each method bound when aiosmtpd looks a command up (`get`, as its command loop
+    and HELP do) rather than all of them per connection."""
+
+    __slots__ = ("_names", "_owner")
+
+    def __init__(self, owner: SMTP, names: dict[str, str]) -> None:
+        self._owner = owner
+        self._names = names  # "MAIL" -> "smtp_MAIL", shared by the class's sessions
+
+    def get(self, command: str, default: Any = None) -> Any:
+        name = self._names.get(command)
+        return default if name is None else getattr(self._owner, name)
+
+    def __getitem__(self, command: str) -> Any:
+        return getattr(self._owner, self._names[command])
+
+    def __contains__(self, command: object) -> bool:
+        return command in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
@@ -202,8 +289,13 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
         # aiosmtpd's DATA line limit (read by its constructor): the text of a line,
         # plus CRLF, plus a transparency dot (RFC 5321 section 4.5.2).
         self.line_length_limit = max_line_length + 3
-        _install_member_tables()
+        # The idle timer (_reset_timeout): when it is due, and whether it waits.
+        self._deadline = 0.0
+        self._timer_pending = False
+        tables = _install_member_tables()
         super().__init__(handler, **kwargs)
+        commands: Any = _CommandTable(self, tables.commands_of(type(self)))
+        self._smtp_methods = commands
         self._in_greeting_reply = False
         self._parameters_of = "MAIL"  # the command whose parameters _getparams reads
         # The MAIL/RCPT parameters as the client wrote them (aiosmtpd upper-cases).
@@ -286,6 +378,35 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
 
     def _timeout_cb(self) -> None:
         self.on_idle_timeout()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The idle bound is `duration` (default: the command timeout) from now.
+
+        aiosmtpd cancels its timer and makes a new one on every command (~0.3 s per
+        1000 messages under the bench load); here one timer waits, and only moves
+        when the new deadline is earlier than its own. A timer that fires before
+        the deadline is re-armed for the rest (`_on_timer`); at or after it, the
+        client is told so (`_timeout_cb`) as in aiosmtpd.
+        """
+        loop = self.loop
+        deadline = loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None:
+            if self._timer_pending and not handle.cancelled() and handle.when() <= deadline:
+                return  # fires first, and re-arms for the rest
+            handle.cancel()
+        self._timer_pending = True
+        self._timeout_handle = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # The handle that fired is the one armed last: armed for `when()`.
+        fired = self._timeout_handle
+        if fired is not None and self._deadline > fired.when():
+            self._timeout_handle = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timer_pending = False
+        self._timeout_cb()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -489,26 +610,28 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
         return isinstance(reader, ClientReader) and reader.has_line()
 
     async def push(self, status: AnyStr) -> None:
-        if self.reading_over:
+        transport = self.transport
+        if transport is None or transport.is_closing():  # self.reading_over, inlined
             # Closing (after 221, or a reply that ends the session): nothing more
             # is said or logged, e.g. a second "421 ... sent too many times".
             return
-        if isinstance(status, str):
-            if status == _AIOSMTPD_GOODBYE:
-                status = str(too_many_errors(self.hostname))
-            elif not self._in_greeting_reply:
-                status = with_enhanced_code(status)
-            status = wire_safe(status)
-            self.log_reply(status)
-            # As aiosmtpd's push encodes (UTF-8 only once SMTPUTF8 is offered).
-            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
-        else:
-            response = status
+        response = self._wire_form(status) if isinstance(status, str) else status
         self._held.append(response + b"\r\n")
         if not self._may_hold(response):
             self.flush_replies()
             await self._writer.drain()
         self.after_reply()
+
+    def _wire_form(self, status: str) -> bytes:
+        """The reply line(s) `status` as written, logged (`log_reply`)."""
+        if status == _AIOSMTPD_GOODBYE:
+            status = str(too_many_errors(self.hostname))
+        elif not self._in_greeting_reply:
+            status = with_enhanced_code(status)
+        status = wire_safe(status)
+        self.log_reply(status)
+        # As aiosmtpd's push encodes (UTF-8 only once SMTPUTF8 is offered).
+        return status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
 
     def _may_hold(self, response: bytes) -> bool:
         """Whether a reply may wait for the next one: within the EHLO reply, or while
@@ -536,6 +659,11 @@ def wire_safe(status: str) -> str:
     """`status` (lines joined by CRLF) with every character that is not printable
     ASCII escaped as `\\xNN` (`\\uNNNN`): aiosmtpd echoes client bytes in some
     replies, and a NUL, a bare CR or a byte that was not UTF-8 must not go back."""
+    if status.isascii() and (status.isprintable() or status.replace("\r\n", "").isprintable()):
+        # Nearly every reply (ours, the downstream's, cleaned by arproxy.replies): for
+        # ASCII, isprintable() is exactly \x20-\x7e, what _NOT_PRINTABLE leaves alone;
+        # without the CRLFs between lines, the lines' characters are left, in order.
+        return status
     return "\r\n".join(_NOT_PRINTABLE.sub(_escape, line) for line in status.split("\r\n"))
 
 

@@ -171,6 +171,27 @@ def test_idle_client_gets_421_on_timeout(make_arproxy: MakeArproxy, smtp_sink: S
     raw.close()
 
 
+def test_data_has_its_own_idle_bound_and_then_commands_theirs_again(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """limits.data_timeout bounds the DATA transfer instead of command_timeout (the
+    one idle timer re-armed when it fires before the later bound); after the
+    reply, the command bound is back: an idle client is told 421 4.4.2 (RFC 5321
+    section 4.5.3.2: a server times out an idle client, section 3.8: with 421)."""
+    proxy = make_arproxy(
+        smtp_sink.url, limits="command_timeout = 1.0\ndata_timeout = 7.0", relay_timeout=1.0
+    )
+    raw = Raw(proxy.port)
+    start_transaction(raw)
+    raw.send(b"From: alice@example.org\r\nSubject: slow\r\n\r\n")
+    time.sleep(2.5)  # past command_timeout, well within data_timeout
+    raw.send(b"body\r\n.\r\n")
+    assert raw.reply().startswith(b"250 ")
+    assert raw.reply().startswith(b"421 4.4.2 "), "idle after DATA: the command bound"
+    raw.close()
+    assert len(smtp_sink.messages()) == 1
+
+
 def proxy_v2_header(source: str, port: int) -> bytes:
     signature = b"\r\n\r\n\x00\r\nQUIT\n"
     addresses = (

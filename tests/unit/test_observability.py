@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import socket
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -121,6 +126,73 @@ def test_json_other_lines_carry_the_queue_id_in_progress() -> None:
     assert entry["message"] == "downstream slow"
     assert entry["id"] == "QID7"
     assert "id" not in json.loads(JsonFormatter().format(record("idle")))
+
+
+class _Capture(logging.Handler):
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self.lines: list[str] = []
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines.append(self.format(record))
+
+
+@pytest.mark.parametrize(
+    ("form", "with_pid"), [("text", False), ("text", True), ("json", False), ("json", True)]
+)
+def test_every_field_our_formats_print_survives_the_skipped_ones(
+    monkeypatch: pytest.MonkeyPatch, form: Literal["text", "json"], with_pid: bool
+) -> None:
+    """`arproxy serve` has logging skip the fields no format prints (the logging
+    HOWTO's "Optimization"): each line still carries the time, level, logger,
+    message, queue id and process id it carried."""
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored after
+    # What the text formats print: none of the fields skipped.
+    printed = set(re.findall(r"%\((\w+)\)", logformat.TEXT_FORMAT + logformat.TEXT_FORMAT_WITH_PID))
+    assert printed == {"asctime", "levelname", "name", "message", "process"}
+    logformat.skip_unprinted_fields(form, with_pid=with_pid)
+    if form == "json":
+        formatter: logging.Formatter = JsonFormatter()
+    else:
+        text = logformat.TEXT_FORMAT_WITH_PID if with_pid else logformat.TEXT_FORMAT
+        formatter = logging.Formatter(text)
+    capture = _Capture(formatter)
+    logger = logging.getLogger("arproxy.test_fields")
+    monkeypatch.setattr(logger, "handlers", [capture])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logcontext.set_queue_id("QID9")
+    try:
+        logger.warning("connect from %s", "192.0.2.1")
+    finally:
+        logcontext.set_queue_id(None)
+    (line,), (made,) = capture.lines, capture.records
+    written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(made.created))
+    if form == "json":
+        entry = json.loads(line)
+        assert entry == {
+            "time": datetime.fromtimestamp(made.created, UTC).isoformat(timespec="milliseconds"),
+            "level": "warning",
+            "logger": "arproxy.test_fields",
+            "pid": os.getpid(),
+            "message": "connect from 192.0.2.1",
+            "id": "QID9",
+        }
+    elif with_pid:
+        assert line == (
+            f"{written},{int(made.msecs):03d} WARNING arproxy.test_fields[{os.getpid()}]: "
+            "connect from 192.0.2.1"
+        )
+    else:
+        assert line == (
+            f"{written},{int(made.msecs):03d} WARNING arproxy.test_fields: connect from 192.0.2.1"
+        )
+    # The caller is not looked up any more (no format prints it).
+    assert made.lineno == 0 and made.funcName == "(unknown function)"
 
 
 def test_log_and_metrics_options() -> None:

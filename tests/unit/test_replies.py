@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arproxy import replies
 from arproxy.replies import Reply
 from arproxy.smtpd import with_enhanced_code as _with_enhanced_code
 
@@ -36,3 +40,27 @@ def test_aiosmtpd_replies_get_enhanced_codes() -> None:
     assert _with_enhanced_code("552 Error: Too much mail data") == (
         "552 5.3.4 Error: Too much mail data"
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)),
+            st.sampled_from(["\r", "\n", "\x00", "\x1f", "\x7f", "\t", " ", "é", "\u00a0"]),
+        ),
+        max_size=8,
+    ).map("".join)
+)
+def test_clean_fast_path_gives_what_the_regex_gives(text: str) -> None:
+    """Plain printable ASCII skips the regex; every text comes out as the regex's."""
+    assert replies._clean(text) == replies._UNSAFE.sub(" ", text).strip()
+
+
+def test_wire_form_made_once_leaves_equality_and_hash_alone() -> None:
+    fresh = Reply.of(250, "2.1.0", "Sender OK")
+    written = str(replies.SENDER_OK)
+    assert str(replies.SENDER_OK) is written, "made once per reply"
+    assert written == str(fresh) == "250 2.1.0 Sender OK"
+    assert fresh == replies.SENDER_OK and hash(fresh) == hash(replies.SENDER_OK)
+    assert repr(fresh) == repr(replies.SENDER_OK)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 from typing import Any
 
@@ -138,6 +139,11 @@ def test_constructor_uses_inspect_and_dir_as_the_member_tables_assume() -> None:
     assert 'if mname.startswith("auth_")' in source
     assert "for m in dir(handler)" in source
     assert "for m in dir(self)" in source
+    # _MemberTables.names lists only what these filters keep (smtpd._DIR_PREFIXES).
+    assert 'if m.startswith("handle_")' in source
+    assert 'if m.startswith("smtp_")' in source
+    assert source.count("dir(") == 2
+    assert "dir(" not in inspect.getsource(aiosmtpd.smtp).replace(source, "")
     assert "inspect.signature(ehlo_hook).parameters" in source
 
 
@@ -185,6 +191,32 @@ def test_member_tables_give_what_stock_inspect_and_dir_give() -> None:
     assert isinstance(auth, dict) and sorted(auth) == ["LOGIN", "PLAIN"]
     assert isinstance(hooks, dict) and "EHLO" in hooks and "DATA" in hooks
     assert isinstance(commands, dict) and "MAIL" in commands and "STARTTLS" in commands
+
+
+def test_command_table_binds_on_look_up_what_aiosmtpd_binds() -> None:
+    async def build() -> None:
+        config = parse_config('[server]\nhostname = "mx.example.com"\n', "t")
+        handler = SessionHandler(Pipeline(config))
+        server = ArproxySMTP(handler, SessionRegistry(None), hostname="mx")
+        commands = server._smtp_methods
+        assert isinstance(commands, smtpd._CommandTable)
+        assert commands.get("MAIL") == server.smtp_MAIL  # bound to this session
+        assert commands.get("MAIL").__self__ is server
+        assert commands["DATA"] == server.smtp_DATA
+        assert commands.get("XYZZY") is None and "XYZZY" not in commands
+        assert "STARTTLS" in commands and len(commands) == len(dict(commands.items()))
+        assert sorted(commands) == sorted(
+            m.replace("smtp_", "") for m in dir(server) if m.startswith("smtp_")
+        )
+        await handler.pipeline.resources.close()
+
+    asyncio.run(build())
+
+
+def test_aiosmtpd_uses_its_command_table_as_the_lazy_table_allows() -> None:
+    # _CommandTable offers get, [], in, iteration, items: aiosmtpd uses get and items.
+    uses = re.findall(r"self\._smtp_methods(\W\w*)", inspect.getsource(aiosmtpd.smtp))
+    assert uses and set(uses) <= {".get", ".items", ":"}, uses  # ":": its annotation
 
 
 # --- _getaddr: plain paths read without aiosmtpd's e-mail header parser ---
@@ -263,3 +295,204 @@ def test_plain_paths_take_the_fast_path(local: str, domain: str | None, after: s
 def test_other_paths_are_aiosmtpds(arg: str) -> None:
     # Quoted local part, source route (RFC 5321 section 4.1.2), non-ASCII: its reader.
     assert plain_path(arg) is None
+
+
+# --- the idle timer: one per session, moved only when it fires early ---
+
+
+class _Clock:
+    """An event loop's timer part on a clock that moves only when told (`advance`)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.handles: list[asyncio.TimerHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def get_debug(self) -> bool:
+        return False
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass
+
+    def call_at(self, when: float, callback: Any) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, (), self)  # type: ignore[arg-type]
+        self.handles.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Any) -> asyncio.TimerHandle:
+        return self.call_at(self.now + delay, callback)
+
+    def advance(self, seconds: float) -> None:
+        """Run the handles that fall due, in time order, as the loop does."""
+        end = self.now + seconds
+        while True:
+            due = [h for h in self.handles if not h.cancelled() and h.when() <= end]
+            if not due:
+                break
+            handle = min(due, key=lambda h: h.when())
+            self.handles.remove(handle)
+            self.now = max(self.now, handle.when())
+            handle._run()
+        self.now = end
+
+
+class _Timed:
+    """What _reset_timeout and _timeout_cb use of a session; timeouts are recorded."""
+
+    def __init__(self, clock: _Clock, reset: Any) -> None:
+        self.loop = clock
+        self._timeout_duration = 10.0
+        self._timeout_handle: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._timer_pending = False
+        self.timeouts: list[float] = []
+        self._reset = reset
+
+    def reset(self, duration: float | None) -> None:
+        self._reset(self, duration)
+
+    def _on_timer(self) -> None:
+        smtpd.SMTPAdapter._on_timer(self)  # type: ignore[arg-type]
+
+    def _timeout_cb(self) -> None:
+        self.timeouts.append(self.loop.now)
+
+
+_timer_steps = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 0.5, 3.0, 9.99, 10.0, 10.01, 25.0]),
+        st.sampled_from([None, None, 0.5, 5.0, 30.0, "cancel"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_timer_steps)
+def test_one_timer_times_out_when_aiosmtpds_would(steps: list[tuple[float, Any]]) -> None:
+    """The same commands (resets, at times and with bounds) and connection ends (the
+    handle cancelled, as aiosmtpd's connection_lost does): the same timeouts, at the
+    same instants, as aiosmtpd's cancel-and-recreate per command."""
+    ours_clock, stock_clock = _Clock(), _Clock()
+    ours = _Timed(ours_clock, smtpd.SMTPAdapter._reset_timeout)
+    stock = _Timed(stock_clock, SMTP._reset_timeout)
+    for session in (ours, stock):
+        session.reset(None)  # connection_made
+    for wait, action in steps:
+        for clock, session in ((ours_clock, ours), (stock_clock, stock)):
+            clock.advance(wait)
+            if action == "cancel":
+                assert session._timeout_handle is not None
+                session._timeout_handle.cancel()
+            else:
+                session.reset(action)
+    ours_clock.advance(100.0)
+    stock_clock.advance(100.0)
+    assert ours.timeouts == stock.timeouts
+
+
+def test_one_timer_is_armed_once_for_commands_in_a_row() -> None:
+    clock = _Clock()
+    session = _Timed(clock, smtpd.SMTPAdapter._reset_timeout)
+    for _ in range(5):
+        session.reset(None)
+        clock.advance(1.0)
+    assert len(clock.handles) == 1  # aiosmtpd's: five, four of them cancelled
+    clock.advance(8.5)  # past the first command's bound (10.0), not the last's
+    assert session.timeouts == [], "re-armed for the rest"
+    clock.advance(0.5)
+    assert session.timeouts == [14.0]  # the last command (at 4.0) plus 10 seconds
+
+
+def test_what_the_one_timer_assumes() -> None:
+    # aiosmtpd cancels the handle it finds in _timeout_handle when the connection
+    # goes, and reaches the timer only through _reset_timeout.
+    assert "self._timeout_handle.cancel()" in inspect.getsource(SMTP.connection_lost)
+    source = inspect.getsource(aiosmtpd.smtp)
+    assert source.count("call_later(") == 1
+    assert "self._timeout_handle = self.loop.call_later(" in inspect.getsource(SMTP._reset_timeout)
+
+
+# --- replies: printable ASCII passes wire_safe as it is ---
+
+
+def _wire_safe_general(status: str) -> str:
+    return "\r\n".join(
+        smtpd._NOT_PRINTABLE.sub(smtpd._escape, line) for line in status.split("\r\n")
+    )
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)),
+            st.sampled_from(["\r\n", "\r", "\n", "\x00", "\x7f", "\t", "é", "\udcff"]),
+        ),
+        max_size=8,
+    ).map("".join)
+)
+def test_wire_safe_fast_path_gives_what_the_escaping_gives(status: str) -> None:
+    assert smtpd.wire_safe(status) == _wire_safe_general(status)
+
+
+def test_wire_safe_returns_a_printable_reply_itself() -> None:
+    status = "250-mx.example.com\r\n250 2.0.0 OK"
+    assert smtpd.wire_safe(status) is status
+
+
+# --- aiosmtpd's sanitized_log: skipped when its logger drops the record ---
+
+
+def test_sanitized_log_is_called_with_logger_methods_of_known_levels() -> None:
+    calls = re.findall(r"sanitized_log\((\w+)\.(\w+),", inspect.getsource(aiosmtpd.smtp))
+    assert calls, "aiosmtpd no longer calls sanitized_log: drop _sanitized_log"
+    assert {level for _, level in calls} <= {method.__name__ for method in smtpd._LEVEL_OF}
+    assert {name for name, _ in calls} == {"log"}
+
+
+def test_sanitized_log_logs_what_aiosmtpds_logs_when_enabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("arproxy.test_sanitized")
+    monkeypatch.setattr(logger, "handlers", [Keep()])
+    monkeypatch.setattr(logger, "propagate", False)
+    line = b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"
+    logged: dict[Any, list[tuple[int, str]]] = {}
+    for log in (smtpd._sanitized_log, smtpd._STOCK_SANITIZED_LOG):
+        records.clear()
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+            monkeypatch.setattr(logger, "level", level)
+            logger.manager._clear_cache()
+            log(logger.debug, "%r >> %r", ("192.0.2.1", 25), line)
+            log(logger.info, "%r >> %r", ("192.0.2.1", 25), line)
+        logged[log] = [(r.levelno, r.getMessage()) for r in records]
+    logger.manager._clear_cache()
+    ours, stock = logged.values()
+    # Debug: both records; info: the info record; warning: none.
+    assert ours == stock and [level for level, _ in ours] == [10, 20, 20]
+    assert all("AGFsaWNl" not in message for _, message in ours), "AUTH data masked"
+
+
+def test_sanitized_log_skips_the_masking_when_the_record_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def stock(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("called although the logger drops the record")
+
+    logger = logging.getLogger("arproxy.test_sanitized_off")
+    monkeypatch.setattr(logger, "level", logging.ERROR)
+    logger.manager._clear_cache()
+    monkeypatch.setattr(smtpd, "_STOCK_SANITIZED_LOG", stock)
+    smtpd._sanitized_log(logger.info, "%r >> %r", ("192.0.2.1", 25), b"QUIT")
+    with pytest.raises(AssertionError):
+        smtpd._sanitized_log(logger.error, "%r", b"QUIT")  # a level it does not know
+    logger.manager._clear_cache()
