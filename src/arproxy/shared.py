@@ -45,6 +45,7 @@ from typing import Any
 from arproxy.ratelimit import ClientKey, Decision, client_key, failure_delay
 
 WAYS = 8  # slots per bucket
+KEY_MEMO = 4096  # addresses whose table key a process remembers (SharedState.key)
 _KEY = struct.Struct("17s")  # tag byte + 16 bytes (IPv4, IPv6 /64, or a name's hash)
 _EMPTY = bytes(17)
 AUTH_TABLE_BYTES = 8 * 1024 * 1024  # about 100 000 clients at max_failures = 5
@@ -76,6 +77,8 @@ class SharedState:
         os.ftruncate(self._fd, size)
         self._map = mmap.mmap(self._fd, size, mmap.MAP_SHARED)
         self._thread_lock = threading.Lock()
+        self._keys: dict[str, bytes] = {}  # key() of recent addresses, per process
+        self._digests: dict[bytes, int] = {}  # their keyed hashes (bucket())
         self.counts = _Table(self._map, 0, count_buckets, counts_layout)
         self.auth = _Table(
             self._map, count_buckets * counts_layout.size * WAYS, auth_buckets, auth_layout
@@ -93,8 +96,15 @@ class SharedState:
 
     def key(self, ip: str) -> bytes:
         """The 17-byte table key of `ip`'s client (ratelimit.client_key: IPv4 address,
-        IPv6 /64, or for anything else a keyed hash of the text)."""
-        return self._encode(client_key(ip))
+        IPv6 /64, or for anything else a keyed hash of the text). Remembered per
+        process for the last KEY_MEMO addresses: a connection asks for it two or three
+        times, and parsing the address was most of a table update's cost."""
+        found = self._keys.get(ip)
+        if found is None:
+            if len(self._keys) >= KEY_MEMO:
+                self._keys.clear()  # a burst of new addresses: start over, stay bounded
+            found = self._keys[ip] = self._encode(client_key(ip))
+        return found
 
     def _encode(self, key: ClientKey) -> bytes:
         if isinstance(key, ipaddress.IPv4Address):
@@ -105,8 +115,13 @@ class SharedState:
         return b"\x01" + digest.digest()
 
     def bucket(self, key: bytes, table: _Table) -> int:
-        digest = hashlib.blake2b(key, key=self._secret, digest_size=8).digest()
-        return int.from_bytes(digest, "little") % table.buckets
+        digest = self._digests.get(key)
+        if digest is None:
+            if len(self._digests) >= KEY_MEMO:
+                self._digests.clear()
+            hashed = hashlib.blake2b(key, key=self._secret, digest_size=8).digest()
+            digest = self._digests[key] = int.from_bytes(hashed, "little")
+        return digest % table.buckets
 
     def clear_worker(self, worker: int) -> None:
         """Forget worker `worker`'s sessions (it died; the supervisor calls this before
@@ -133,6 +148,7 @@ class _Table:
         self.offset = offset
         self.buckets = buckets
         self.layout = layout
+        self.width = len(layout.unpack(bytes(layout.size))) - 1  # values after the key
 
     def read(self, slot: int) -> tuple[bytes, list[Any]]:
         """The slot's key and its values (counts as int, times as float)."""
@@ -151,15 +167,21 @@ class _Table:
         the least useful of the bucket (found: False, zero values, for the caller to
         overwrite)."""
         first = bucket * WAYS
-        rows = [(slot, *self.read(slot)) for slot in range(first, first + WAYS)]
-        zeros = [0] * len(rows[0][2])
-        for slot, row_key, values in rows:
+        size, buf = self.layout.size, self.buf
+        empty = None
+        # The keys alone first (a slice each): the values are unpacked for one slot only.
+        for slot in range(first, first + WAYS):
+            at = self.offset + slot * size
+            row_key = buf[at : at + _KEY.size]
             if row_key == key:
-                return slot, True, values
-        for slot, row_key, _ in rows:
-            if row_key == _EMPTY:
-                return slot, False, zeros
-        slot, _, _ = min(rows, key=lambda row: usefulness(row[2]))
+                return slot, True, self.read(slot)[1]
+            if empty is None and row_key == _EMPTY:
+                empty = slot
+        zeros = [0] * self.width
+        if empty is not None:
+            return empty, False, zeros
+        rows = [(slot, self.read(slot)[1]) for slot in range(first, first + WAYS)]
+        slot, _ = min(rows, key=lambda row: usefulness(row[1]))
         return slot, False, zeros
 
 

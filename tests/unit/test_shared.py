@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from arproxy.ratelimit import AuthFailureLimiter
-from arproxy.shared import SharedState
+from arproxy.ratelimit import AuthFailureLimiter, client_key
+from arproxy.shared import KEY_MEMO, SharedState
 
 
 class Clock:
@@ -138,3 +138,20 @@ def test_bad_sizes_are_refused() -> None:
         SharedState(workers=0, max_connections=1, max_failures=1)
     with pytest.raises(ValueError):
         SharedState(workers=2, max_connections=1, max_failures=1).for_worker(2)
+
+
+def test_remembered_keys_stay_bounded_and_right() -> None:
+    """SharedState.key and bucket remember recent addresses per process (KEY_MEMO): past
+    the bound they start over, and every answer is the one computed afresh."""
+    state = SharedState(workers=2, max_connections=10, max_failures=5)
+    fresh = SharedState(workers=2, max_connections=10, max_failures=5)
+    fresh._secret = state._secret  # the same keyed hash, nothing remembered
+    addresses = [f"10.{n // 65536}.{n // 256 % 256}.{n % 256}" for n in range(KEY_MEMO + 50)]
+    for address in [*addresses, *addresses[:10]]:
+        key = state.key(address)
+        assert key == fresh._encode(client_key(address))
+        assert state.bucket(key, state.counts) == fresh.bucket(key, fresh.counts)
+        fresh._digests.clear()
+    assert len(state._keys) <= KEY_MEMO and len(state._digests) <= KEY_MEMO
+    counts = state.for_worker(0)
+    assert counts.reserve(addresses[-1], 0, 1) and counts.sessions(addresses[-1]) == 1
