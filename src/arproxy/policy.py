@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from arproxy import names
 from arproxy.authres import ResInfo
-from arproxy.checks.base import ArcOutcome, ArcOverride, DmarcOutcome, MethodResult, Value
+from arproxy.checks.base import (
+    ArcOutcome,
+    ArcOverride,
+    MethodResult,
+    Value,
+    is_arc_outcome,
+    is_dmarc_outcome,
+)
 from arproxy.checks.dmarc.discovery import organizational_domain
 from arproxy.config import PolicyConfig
 from arproxy.replies import (
@@ -109,7 +116,7 @@ def _refusal(results: Sequence[MethodResult], config: PolicyConfig) -> Verdict |
     by_method = {r.method: r for r in results}
     dmarc = by_method.get("dmarc")
     if config.reject_dmarc and _dmarc_would_reject(dmarc):
-        assert isinstance(dmarc, DmarcOutcome)
+        assert is_dmarc_outcome(dmarc)
         if _override_pending(results, config):
             # A trusted sealer vouches for the author but its chain could not be checked
             # (a key lookup failed): a retry may pass it, so no permanent refusal.
@@ -131,7 +138,7 @@ def _dmarc_would_reject(dmarc: MethodResult | None) -> bool:
     return (
         dmarc is not None
         and dmarc.value is Value.FAIL  # before the costlier protocol check (arc_override)
-        and isinstance(dmarc, DmarcOutcome)
+        and is_dmarc_outcome(dmarc)
         and dmarc.policy == "reject"  # the disposition after pct= sampling
         and dmarc.override is None
     )
@@ -150,7 +157,7 @@ def with_arc_override(
     override = arc_override(results, config.trusted_arc_sealers)
     if override is None:
         return tuple(results)
-    return tuple(r.with_override(override) if isinstance(r, DmarcOutcome) else r for r in results)
+    return tuple(r.with_override(override) if is_dmarc_outcome(r) else r for r in results)
 
 
 def arc_override(
@@ -173,7 +180,7 @@ def arc_override(
     # on Python 3.11 lists the protocol's members again at each check.
     if dmarc is None or arc is None or dmarc.value is not Value.FAIL or arc.value is not Value.PASS:
         return None
-    if not isinstance(dmarc, DmarcOutcome) or not isinstance(arc, ArcOutcome):
+    if not is_dmarc_outcome(dmarc) or not is_arc_outcome(arc):
         return None
     if dmarc.from_domain is None:
         return None
@@ -185,9 +192,9 @@ def _override_pending(results: Sequence[MethodResult], config: PolicyConfig) -> 
     by_method = {r.method: r for r in results}
     dmarc, arc = by_method.get("dmarc"), by_method.get("arc")
     return (
-        isinstance(dmarc, DmarcOutcome)
+        is_dmarc_outcome(dmarc)
         and dmarc.from_domain is not None
-        and isinstance(arc, ArcOutcome)
+        and is_arc_outcome(arc)
         and arc.temporary
         and _vouching_sealer(arc, dmarc.from_domain, config.trusted_arc_sealers) is not None
     )

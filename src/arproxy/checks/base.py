@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 from arproxy.authres import ResInfo
 from arproxy.dns import Resolver
@@ -131,6 +131,38 @@ class ArcOutcome(MethodResult, Protocol):
 
     @property
     def temporary(self) -> bool: ...
+
+
+# isinstance() against a runtime-checkable protocol, remembered per class (see _conforms).
+_CONFORMING: dict[tuple[type, Any], bool] = {}
+
+
+def _conforms(result: object, protocol: Any) -> bool:
+    """`isinstance(result, protocol)` for one of the outcome protocols above, answered
+    once per class: typing's check looks up every member of the protocol on each call
+    (tens of microseconds, several times per message), and the results that reach it
+    are frozen dataclasses, whose members are the same for every instance of a class."""
+    key = (type(result), protocol)
+    found = _CONFORMING.get(key)
+    if found is None:
+        found = _CONFORMING[key] = isinstance(result, protocol)
+    return found
+
+
+def is_spf_outcome(result: object) -> TypeGuard[SpfOutcome]:
+    return _conforms(result, SpfOutcome)
+
+
+def is_dkim_outcome(result: object) -> TypeGuard[DkimOutcome]:
+    return _conforms(result, DkimOutcome)
+
+
+def is_dmarc_outcome(result: object) -> TypeGuard[DmarcOutcome]:
+    return _conforms(result, DmarcOutcome)
+
+
+def is_arc_outcome(result: object) -> TypeGuard[ArcOutcome]:
+    return _conforms(result, ArcOutcome)
 
 
 @dataclass(frozen=True)

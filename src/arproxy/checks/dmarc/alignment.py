@@ -3,7 +3,7 @@ domains of the same message align with the author domain."""
 
 from __future__ import annotations
 
-from arproxy.checks.base import CheckContext, DkimOutcome, SpfOutcome, Value
+from arproxy.checks.base import CheckContext, Value, is_dkim_outcome, is_spf_outcome
 from arproxy.checks.dmarc.author import to_a_label
 from arproxy.checks.dmarc.discovery import organizational_domain
 from arproxy.checks.dmarc.record import DmarcRecord
@@ -28,7 +28,7 @@ def aligned_dkim_domain(ctx: CheckContext, author: str, mode: AlignmentMode) -> 
     """The d= of a passing DKIM signature aligned with `author` (section 3.1.1), if any."""
     for result in ctx.prior_of("dkim"):
         if (
-            isinstance(result, DkimOutcome)
+            is_dkim_outcome(result)
             and result.value == Value.PASS
             and aligned(result.domain, author, mode)
         ):
@@ -45,7 +45,7 @@ def aligned_spf_domain(ctx: CheckContext, author: str, mode: AlignmentMode) -> s
     """
     for result in ctx.prior_of("spf"):
         if (
-            isinstance(result, SpfOutcome)
+            is_spf_outcome(result)
             and result.identity in _spf_identities(ctx)
             and result.value == Value.PASS
             and aligned(result.domain, author, mode)
@@ -67,14 +67,14 @@ def aligned_temperrors(ctx: CheckContext, author: str, record: DmarcRecord) -> l
     found: list[str] = []
     for result in ctx.prior_of("dkim"):
         if (
-            isinstance(result, DkimOutcome)
+            is_dkim_outcome(result)
             and result.value == Value.TEMPERROR
             and aligned(result.domain, author, record.adkim)
         ):
             found.append(f"dkim d={result.domain}")
     for result in ctx.prior_of("spf"):
         if (
-            isinstance(result, SpfOutcome)
+            is_spf_outcome(result)
             and result.identity in _spf_identities(ctx)
             and result.value == Value.TEMPERROR
             and aligned(result.domain, author, record.aspf)
