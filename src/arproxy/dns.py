@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import aiodns
@@ -50,6 +50,11 @@ log = logging.getLogger("arproxy.dns")
 
 RecordData = str | bytes | tuple[int, str]
 
+# The answer for a name no DNS can carry (`Resolver.cached`): made anew at each ask, never
+# cached, and the same for the same name whatever the time.
+NOT_A_DNS_NAME = "not a name the DNS can carry"
+# Values derived from cached answers (`AnswerMemo`, SPF evaluations) kept per resolver.
+MEMO_SIZE = 4096
 # Negative answers and failures: how long they may be reused.
 NEGATIVE_TTL = 60
 # A failure is never cached: the next message asks again.
@@ -131,6 +136,7 @@ class Resolver:
         *,
         tries: int = 2,
         cache_size: int = 10_000,
+        memo_size: int = MEMO_SIZE,
     ) -> None:
         self.timeout = timeout
         self.tries = tries
@@ -148,6 +154,9 @@ class Resolver:
         self.queries_sent = 0
         self.lookups = 0  # lookups asked of the cache (metrics: hit ratio)
         self.cache_hits = 0
+        # Values computed from this cache's answers (checks.spf: whole SPF evaluations),
+        # each valid only while every answer it read is still the cached one.
+        self.memo = AnswerMemo(self, memo_size)
 
     @classmethod
     def from_config(cls, config: DnsConfig) -> Resolver:
@@ -189,11 +198,25 @@ class Resolver:
         # part of a cached answer's cost).
         found = self._cache_get(key)
         if found is None and wire_labels(key[0]) is None:
-            return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
+            return Lookup(name, rtype, Status.NXDOMAIN, reason=NOT_A_DNS_NAME)
         self.lookups += 1  # asked of our cache (metrics: the hit ratio)
         if found is not None:
             self.cache_hits += 1
         return found
+
+    def still_answers(self, reads: Sequence[Read]) -> bool:
+        """Whether `cached` answers each (name, type) of `reads` with its recorded `Lookup`
+        now: the very same cached object (not expired, not replaced), or for a name no DNS
+        can carry the same synthesised NXDOMAIN (it depends on the name alone).
+
+        Asks through `cached`, stopping at the first difference, so each ask counts in
+        `lookups` / `cache_hits` exactly as the evaluation it stands for would count it.
+        """
+        for name, rtype, answer in reads:
+            now = self.cached(name, rtype)
+            if now is not answer and not (now is not None and _synthesised(now) and now == answer):
+                return False
+        return True
 
     def _query_done(self, key: tuple[str, str], task: asyncio.Future[Lookup]) -> None:
         del self._inflight[key]
@@ -259,7 +282,7 @@ class Resolver:
         """The query through dnspython, for a name c-ares will not send."""
         labels = wire_labels(name)
         if labels is None:  # lookup() checked; kept so this method stands on its own
-            return Lookup(name, rtype, Status.NXDOMAIN, reason="not a name the DNS can carry")
+            return Lookup(name, rtype, Status.NXDOMAIN, reason=NOT_A_DNS_NAME)
         qname = dns.name.Name((*labels, b""))
         try:
             resolver = self._dnspython_resolver()  # may read /etc/resolv.conf: can fail
@@ -306,6 +329,58 @@ class Resolver:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         await self._resolver.close()
+
+
+# One answer a derived value read: (name as asked, type, the `Lookup` `cached` gave).
+Read = tuple[str, str, Lookup]
+
+
+class AnswerMemo:
+    """Values computed from a resolver's cached answers alone, a bounded LRU (`size`
+    entries; per worker, like the resolver that owns it).
+
+    An entry is (value, the reads it was computed from). `get` gives the value only while
+    `Resolver.still_answers(reads)` holds: then recomputing would read the same answers, so
+    a pure computation gives the same value; else the entry is dropped. What may be
+    memoised (nothing that reads the clock) is the caller's rule: checks.spf.bridge.
+    """
+
+    def __init__(self, resolver: Resolver, size: int = MEMO_SIZE) -> None:
+        self._resolver = resolver
+        self.size = size
+        self._entries: OrderedDict[Hashable, tuple[object, tuple[Read, ...]]] = OrderedDict()
+        self.hits = 0  # values given (tests, diagnostics)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> object | None:
+        """The value kept for `key` if every answer it read is still cached, else None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, reads = entry
+        if not self._resolver.still_answers(reads):
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: Hashable, value: object, reads: tuple[Read, ...]) -> None:
+        """Keep `value` (not None) for `key`, computed from `reads`; the oldest goes past `size`."""
+        self._entries[key] = (value, reads)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every value (the next `get`s recompute)."""
+        self._entries.clear()
+
+
+def _synthesised(answer: Lookup) -> bool:
+    return answer.status is Status.NXDOMAIN and answer.reason == NOT_A_DNS_NAME
 
 
 def _server_text(server: HostPort) -> str:

@@ -1,4 +1,4 @@
-"""What one worker process owns: thread pools, the resolver and its cache, the AUTH limiter.
+"""What one worker process owns: thread pools, the resolver, its cache and memo, the AUTH limiter.
 
 Nothing in arproxy is created at import time: `WorkerResources.build` makes these objects
 inside the running event loop (the resolver belongs to that loop), `serve` passes them
@@ -16,6 +16,8 @@ State                      Lives in                    Scope       Why
 =========================  ==========================  ==========  ==============================
 DNS cache, in-flight       `resources.resolver`        per worker  a cache: a miss costs one
 queries                    (dns.Resolver)                          query, never a wrong answer
+SPF evaluation memo        `resources.resolver.memo`   per worker  valid only while the DNS cache
+                           (dns.AnswerMemo)                        holds each answer it read
 SPF / DKIM / argon2        `resources.spf_pool`,       per worker  CPU and threads are the
 thread pools               `dkim_pool`, `hash_pool`                process's own
 AUTH failure limiter       `resources.auth_limiter`    SHARED by   per worker, a guesser would

@@ -213,9 +213,18 @@ def run_case(port: int, case: Case) -> SpfResult:
             # when it holds every record read (checks.spf.bridge.evaluate_cached), else in
             # the pool again; either way exactly the same result.
             (again,) = await check(ctx, resolver)
+            # A third time: from the memo of cache-only evaluations when the second kept
+            # its outcome (dns.AnswerMemo: every record it read is still the cached one),
+            # and a fourth with the memo emptied, evaluated afresh: the same again.
+            kept = len(resolver.memo)
+            (third,) = await check(ctx, resolver)
+            assert resolver.memo.hits == kept
+            resolver.memo.clear()
+            (fresh,) = await check(ctx, resolver)
         finally:
             await resolver.close()
         assert again == result
+        assert third == fresh == result
         return result
 
     return asyncio.run(go())

@@ -11,6 +11,10 @@ pyspf's query) asks the evaluation's `DnsBridge` instead of pyspf's module globa
 per query, pyspf's `querytime` bounds the whole evaluation, a closed event loop or an
 unanswered query ends it as temperror, and a cancelled check stops at its next query.
 
+A cache-only evaluation's outcome is remembered per worker (`Resolver.memo`) with the
+cached answers it read, and given again while the cache still holds each of them; never
+when a record read holds the %{t} macro or the time budget ran out (`_memoisable`).
+
 Names built by macros (RFC 7208 section 7.3) may hold any visible character (section 7.1:
 `bob+tag`, SRS `SRS0=...`, `foo:bar`): the resolver sends them all (dns.py), so they are
 asked like any other name. A name no DNS can carry (a label over 63 octets, a name over
@@ -31,12 +35,12 @@ import concurrent.futures
 import threading
 import time
 from concurrent.futures import Executor
-from typing import Protocol
+from typing import Protocol, cast
 
 import spf
 
 from arproxy.checks.spf.rules import SpfRequest
-from arproxy.dns import Lookup, Resolver, Status, wire_labels
+from arproxy.dns import Lookup, Read, Resolver, Status, wire_labels
 
 # RFC 7208 section 4.6.4: a limit on the total time of one evaluation, if any, SHOULD be at
 # least 20 seconds; exceeding it gives temperror. The message budget of the runner usually
@@ -45,6 +49,10 @@ DEFAULT_QUERY_TIME = 20.0
 # A worker waits for one query this much longer than the resolver's own bound on it.
 LOOKUP_MARGIN = 1.0
 _QUERY_TYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT"})
+# The %{t} macro (RFC 7208 section 7.3, letters case-insensitive), in lowered record bytes.
+_TIME_MACRO = b"%{t"
+# Keys of SPF evaluations in the resolver's `AnswerMemo`, apart from any other user's.
+_MEMO_TAG = "spf-evaluation"
 
 
 class CheckAborted(spf.TempError):  # type: ignore[misc]
@@ -94,13 +102,46 @@ def evaluate_cached(
     Exact: the evaluation reads the same cached `Lookup`s the pooled one would get from
     `Resolver.lookup`, and any lookup the cache cannot answer discards the attempt (the
     CPU cost of a cold-cache attempt is one partial pyspf run, microseconds).
+
+    Memoised in `dns.memo` (per worker, LRU): an outcome is a pure function of the request
+    (every field feeds a macro, RFC 7208 section 7.3), of the records read and of the time
+    budget, which a cache-only run never spends. A hit stands while every (name, type) the
+    evaluation read is still answered by the very `Lookup` it read (`Resolver.still_answers`;
+    each of those asks counts in `lookups` / `cache_hits` as the evaluation's own ask
+    would, so the DNS cache's metrics read the same with or without the memo). See
+    `_memoisable` for what is never kept.
     """
+    key = (_MEMO_TAG, request)
+    if query_time >= 0:  # a negative budget is spent before the first lookup: temperror
+        known = dns.memo.get(key)
+        if known is not None:
+            return cast(tuple[str, str, str], known)
     bridge = CacheOnlyBridge(dns)
+    query = _new_query(bridge, request, query_time)
     try:
-        outcome = _run_query(bridge, request, query_time)
+        outcome = _outcome(query)
     except _CacheMiss:
         return None
-    return None if bridge.missed else outcome
+    if bridge.missed:
+        return None
+    if _memoisable(bridge, query):
+        dns.memo.put(key, outcome, tuple(bridge.reads))
+    return outcome
+
+
+def _memoisable(bridge: CacheOnlyBridge, query: _Query) -> bool:
+    """Whether this cache-only evaluation's outcome is the same at any time.
+
+    Not if a record read holds the %{t} macro (RFC 7208 section 7.3: the current time,
+    pyspf's `query.t`; in an SPF record or in an exp= explanation, any case), nor if the
+    query-time budget ran out (section 4.6.4: temperror by the clock, `_Query._ask`). pyspf
+    reads the clock nowhere else (`query.t` at construction, the budget in our `_ask`) and
+    uses no randomness; %{r} is the constant "unknown" (no `receiver` is passed). Every
+    other way out of `_run_query` is an exception (`_CacheMiss`, a caller bug), and nothing
+    is kept then; the TempError of a TEMPFAIL answer cannot happen (failures are never
+    cached).
+    """
+    return not bridge.reads_time and query.querytime >= 0
 
 
 def evaluate_blocking(
@@ -117,12 +158,20 @@ def evaluate_blocking(
 def _run_query(
     bridge: LookupBridge, request: SpfRequest, query_time: float
 ) -> tuple[str, str, str]:
+    return _outcome(_new_query(bridge, request, query_time))
+
+
+def _new_query(bridge: LookupBridge, request: SpfRequest, query_time: float) -> _Query:
     query = _Query(
         bridge, i=request.ip, s=request.sender, h=request.helo, strict=True, querytime=query_time
     )
     # pyspf splits <sender> at its first "@", wrong for a quoted local-part holding one;
     # these attributes are its macro variables (RFC 7208 section 7.3), so set them.
     query.l, query.o, query.d = request.local_part, request.domain, request.domain
+    return query
+
+
+def _outcome(query: _Query) -> tuple[str, str, str]:
     outcome, _code, explanation = query.check()
     return str(outcome), str(explanation), str(query.mechanism or "")
 
@@ -256,11 +305,18 @@ class LookupBridge(Protocol):
 
 
 class CacheOnlyBridge:
-    """An evaluation on the loop thread: answers from the resolver's cache only."""
+    """An evaluation on the loop thread: answers from the resolver's cache only.
+
+    Records what it read for the memo (`evaluate_cached`): `reads`, each (name, type) asked
+    with the `Lookup` the cache gave, in order; `reads_time`, whether a TXT record read
+    holds the %{t} macro (RFC 7208 section 7.3; only TXT records are expanded by pyspf).
+    """
 
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self.missed = False
+        self.reads: list[Read] = []
+        self.reads_time = False
 
     def lookup(self, name: str, qtype: str, timeout: float) -> list[PyspfRecord]:
         """As `DnsBridge.lookup`; raise _CacheMiss when the cache cannot answer."""
@@ -270,6 +326,9 @@ class CacheOnlyBridge:
         if found is None:
             self.missed = True
             raise _CacheMiss(f"{qtype} {name}")
+        self.reads.append((name, qtype, found))
+        if qtype == "TXT" and not self.reads_time:
+            self.reads_time = any(_TIME_MACRO in text.lower() for text in found.texts())
         return _pyspf_records(name, found)
 
 
