@@ -70,6 +70,8 @@ from arproxy.replies import TLS_ALREADY_ACTIVE, too_many_errors
 from arproxy.smtpdata import DataScanner, Verdict
 from arproxy.streams import ClientReader, adopt_reader, adopt_tls_protocol
 
+log = logging.getLogger("arproxy.server")
+
 # What aiosmtpd itself provides and arproxy overrides, reads or calls (see above).
 AIOSMTPD_HOOKS = (
     "line_length_limit",
@@ -468,7 +470,7 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
         of the keyword): a plain path read here, anything else by aiosmtpd."""
         found = plain_path(arg)
         if found is None:
-            return SMTP._getaddr(self, arg)
+            return self._library_getaddr(arg)
         mailbox, rest = found
         if not mailbox:
             return "<>", rest  # the header parser's null path: the rest as it is
@@ -476,10 +478,22 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
             # The header parser takes the white space after the path (str.lstrip's).
             rest = rest.lstrip()
         if rest[:1] == "(":
-            return SMTP._getaddr(self, arg)  # and comments: left to it
+            return self._library_getaddr(arg)  # and comments: left to it
         if self.local_part_limit and len(mailbox.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return mailbox, rest
+
+    def _library_getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's own reading of `arg`. Its e-mail header parser catches its own
+        HeaderParseError but raises others on some hostile paths (AttributeError for
+        `<a@[1.2.3.4>`, an address literal without its "]"): any exception of the
+        parser is a malformed address (None: aiosmtpd's 553 5.1.3), with one log line,
+        never a traceback and a 451."""
+        try:
+            return SMTP._getaddr(self, arg)
+        except Exception as exc:  # noqa: BLE001  # the library's fault, not ours: a refusal
+            log.info("path %r refused: the e-mail header parser failed (%s)", arg[:80], exc)
+            return None, None
 
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd 1.4.6's DATA, reading the data in pieces (see the module doc)."""

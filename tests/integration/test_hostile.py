@@ -265,3 +265,30 @@ def test_sender_with_a_control_character_is_refused_cleanly(
     assert raw.command(b"QUIT").startswith(b"221 ")
     raw.close()
     assert smtp_sink.messages() == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"<a@[1.2.3.4>", b"<a@[IPv6:::1>", b"<a@[>"],
+    ids=["literal-without-bracket", "ipv6-literal-without-bracket", "empty-literal"],
+)
+def test_a_path_the_header_parser_chokes_on_is_a_clean_553(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, path: bytes
+) -> None:
+    """An address literal without its "]" breaks RFC 5321 section 4.1.2's grammar; the
+    e-mail header parser aiosmtpd reads such a path with raises AttributeError on it.
+    The client gets 553 5.1.3 (RFC 3463: bad destination/sender mailbox address syntax)
+    for MAIL and for RCPT, the session goes on, and no traceback reaches the log."""
+    proxy = make_arproxy(smtp_sink.url)
+    raw = Raw(proxy.port)
+    assert raw.reply().startswith(b"220 ")
+    assert raw.command(b"EHLO client.example.org").startswith(b"250-")
+    assert raw.command(b"MAIL FROM:" + path).startswith(b"553 5.1.3 ")
+    assert raw.command(b"MAIL FROM:<alice@example.org>").startswith(b"250 ")
+    assert raw.command(b"RCPT TO:" + path).startswith(b"553 5.1.3 ")
+    assert raw.command(b"QUIT").startswith(b"221 ")
+    raw.close()
+    proxy.stop()
+    assert "Traceback" not in proxy.log
+    assert proxy.log.count("the e-mail header parser failed") == 2
+    assert smtp_sink.messages() == []
