@@ -252,6 +252,8 @@ def _paths(draw: st.DrawFn) -> str:
 
 
 class _Limits:
+    _library_getaddr = smtpd.SMTPAdapter._library_getaddr
+
     def __init__(self, local_part_limit: int) -> None:
         self.local_part_limit = local_part_limit
 
@@ -263,14 +265,17 @@ class _Limits:
 )
 def test_getaddr_gives_what_aiosmtpd_gives(arg: str, local_part_limit: int) -> None:
     session: Any = _Limits(local_part_limit)
-    assert _outcome(smtpd.SMTPAdapter._getaddr, session, arg) == _outcome(
-        SMTP._getaddr, session, arg
-    )
+    # Where aiosmtpd's parser raises, ours answers a malformed address (None, None:
+    # aiosmtpd's 553), never the exception.
+    expected = _outcome(SMTP._getaddr, session, arg)
+    if isinstance(expected, type):
+        expected = (None, None)
+    assert smtpd.SMTPAdapter._getaddr(session, arg) == expected
 
 
 def _outcome(getaddr: Any, session: Any, arg: str) -> object:
     # The header parser itself fails on some inputs ("<a@[1.2.3.4>": AttributeError);
-    # such a path is never plain, and fails the same way (handle_exception answers).
+    # such a path is never plain.
     try:
         return getaddr(session, arg)
     except (AttributeError, IndexError, ValueError) as error:  # the parser's failures
