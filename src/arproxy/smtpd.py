@@ -31,7 +31,8 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
   load); its answer is the same (tests/unit/test_smtpd.py), anything else is its own.
 - `smtp_DATA`: aiosmtpd's DATA with the data read in pieces (`streams.ClientReader.
   read_piece`, `smtpdata.DataScanner`) instead of an await and a debug log record
-  per line (~15% of a worker's CPU); same replies, in the same order, same content.
+  per line (~15% of a worker's CPU); same replies, in the same order, same content,
+  but for the size limit, counted as RFC 1870 says (no quoting dots).
   It calls aiosmtpd's `check_helo_needed`, `check_auth_needed`, `_call_handler_hook`
   and `_set_post_data_state`, and reads `_writer`, `_decode_data` and
   `_handle_hooks` (decoded data and the deprecated `process_message` are left to
