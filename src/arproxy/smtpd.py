@@ -31,7 +31,8 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
   load); its answer is the same (tests/unit/test_smtpd.py), anything else is its own.
 - `smtp_DATA`: aiosmtpd's DATA with the data read in pieces (`streams.ClientReader.
   read_piece`, `smtpdata.DataScanner`) instead of an await and a debug log record
-  per line (~15% of a worker's CPU); same replies, in the same order, same content.
+  per line (~15% of a worker's CPU); same replies, in the same order, same content,
+  but for the size limit, counted as RFC 1870 says (no quoting dots).
   It calls aiosmtpd's `check_helo_needed`, `check_auth_needed`, `_call_handler_hook`
   and `_set_post_data_state`, and reads `_writer`, `_decode_data` and
   `_handle_hooks` (decoded data and the deprecated `process_message` are left to
@@ -46,6 +47,8 @@ a plain method a subclass (`server.ArproxySMTP`) implements. The hooks, and why:
   answers them from tables made once per class, listing only the names aiosmtpd
   keeps (`_DIR_PREFIXES`), and none for the adapter itself: its command table
   (`_smtp_methods`) is a `_CommandTable`, binding a method when it is looked up.
+- `__smtp_syntax__` (set by aiosmtpd's `@syntax`, read by its HELP): each of our
+  command overrides gets the original's (`_keep_help_syntax`).
 
 `tests/unit/test_smtpd.py` fails if any of these disappears from aiosmtpd, and
 pyproject pins aiosmtpd below 1.5.
@@ -58,7 +61,7 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any, AnyStr, NoReturn
 
@@ -196,6 +199,7 @@ class _MemberTables(ModuleType):
         commands = self._commands.get(cls)
         if commands is None:
             commands = {m.replace("smtp_", ""): m for m in dir(cls) if m.startswith("smtp_")}
+            _keep_help_syntax(cls, commands.values())
             self._commands[cls] = commands
         return commands
 
@@ -218,6 +222,28 @@ class _MemberTables(ModuleType):
         if found is None:
             found = self._signatures[key] = inspect.signature(obj)
         return found
+
+
+# What aiosmtpd's `@syntax` decorator sets on a command method: its HELP text, the
+# text added under ESMTP, and the attribute that must be true for HELP to list it.
+_SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+
+
+def _keep_help_syntax(cls: type, names: Iterable[str]) -> None:
+    """Give each command method of `cls` that overrides one of aiosmtpd's the HELP
+    text aiosmtpd's `@syntax` gave the original. aiosmtpd's HELP lists, and answers
+    "HELP <command>" for, only methods carrying `__smtp_syntax__`; an override
+    without it made HELP call DATA, MAIL, RCPT, EHLO and HELO unsupported (501),
+    commands every SMTP server supports (RFC 5321 section 4.5.1). An override that
+    sets its own text keeps it. Once per class (`_MemberTables.commands_of`)."""
+    for name in names:
+        method = getattr(cls, name)
+        stock = getattr(SMTP, name, None)
+        if hasattr(method, "__smtp_syntax__") or not hasattr(stock, "__smtp_syntax__"):
+            continue
+        function = getattr(method, "__func__", method)
+        for attribute in _SYNTAX_ATTRIBUTES:
+            setattr(function, attribute, getattr(stock, attribute))
 
 
 # The logger methods aiosmtpd hands sanitized_log, and the level each logs at.

@@ -2,18 +2,21 @@
 
 aiosmtpd 1.4.6 reads DATA one line at a time (an await, a reader call and a debug log
 record per line: ~15% of a worker's CPU under the bench load). `DataScanner` takes what
-the client sent in pieces of any size and gives exactly aiosmtpd's answer:
+the client sent in pieces of any size and gives aiosmtpd's answer, but for the size:
 
 - The data ends at the first line that is exactly "." (CRLF "." CRLF, or "." CRLF as
   the very first line). Lines end only at CRLF: a bare CR or LF belongs to its line,
   as in aiosmtpd (the SMTP smuggling fix); `arproxy.intake` judges those.
 - Transparency (section 4.5.2): one leading dot is removed from each line.
 - aiosmtpd's two refusals, both given only once the whole data is read: TOO_MUCH when
-  the data (dot-stuffed, CRLFs counted, the final "." line not) passes `size_limit`
-  octets (falsy: no limit), TOO_LONG for a line of more than `line_limit` octets with
-  its CRLF. The first in the stream wins, in aiosmtpd's order within a line: a line
-  whose text alone passes `line_limit` overruns aiosmtpd's stream reader before it is
-  counted; one that passes only with its CRLF is counted (and may be TOO_MUCH) first.
+  the message passes `size_limit` octets (falsy: no limit), counted as RFC 1870
+  (section 4) defines a message's size: CRLFs counted, neither the final "." line nor
+  the doubled quoting dots (aiosmtpd counts those: a message of exactly the SIZE we
+  offer was refused when a line began with a dot); TOO_LONG for a line of more than
+  `line_limit` octets with its CRLF. The first in the stream wins, in aiosmtpd's order
+  within a line: a line whose text alone passes `line_limit` overruns aiosmtpd's stream
+  reader before it is counted; one that passes only with its CRLF is counted (and may
+  be TOO_MUCH) first.
   The exact RFC 5321 section 4.5.3.1.6 bound on the text of a line is checked later
   (`arproxy.pipeline.has_line_over`); this one keeps aiosmtpd's.
 - Memory is bounded: nothing is kept once refused, and at most 4 octets (a possible
@@ -53,7 +56,7 @@ class DataScanner:
         # The data judged so far (while NOMINAL): one buffer, not a list of pieces,
         # so that a client sending an octet per segment costs no object per octet.
         self._kept = bytearray()
-        self._size = 0  # octets judged so far
+        self._size = 0  # octets of the message judged so far (RFC 1870: no quoting dots)
         self._line = 0  # octets judged so far of the line in progress
         self._open = b""  # what is kept of the line in progress (for `unfinished_line`)
 
@@ -104,16 +107,17 @@ class DataScanner:
         # The common case in one test: no line comes near line_limit and the size
         # stays under size_limit (the line-by-line walk below decides otherwise).
         fits = self.line_limit - len(_CRLF)
+        size = len(chunk) - self._quoting_dots(chunk, lines)
         if (
             self._line + len(lines[0]) <= fits
             and max(map(len, lines)) <= fits
-            and (not self.size_limit or self._size + len(chunk) <= self.size_limit)
+            and (not self.size_limit or self._size + size <= self.size_limit)
         ):
-            self._take(chunk, lines)
+            self._take(chunk, lines, size)
             return
         verdict = self._walk(lines)
         if verdict is Verdict.NOMINAL:
-            self._take(chunk, lines)
+            self._take(chunk, lines, size)
             return
         self.verdict = verdict
         self._kept.clear()  # nothing more is kept: memory stays bounded
@@ -133,6 +137,8 @@ class DataScanner:
             if index == last:
                 break
             end += len(text) + len(_CRLF)
+            if text[:1] == b"." and (index or not self._line):
+                end -= 1  # a doubled quoting dot is no part of the size (RFC 1870)
             if self.size_limit and end > self.size_limit:
                 return Verdict.TOO_MUCH
             if line + len(_CRLF) > self.line_limit:
@@ -140,9 +146,18 @@ class DataScanner:
             line = 0
         return Verdict.NOMINAL
 
-    def _take(self, chunk: bytes, lines: list[bytes]) -> None:
+    def _quoting_dots(self, chunk: bytes, lines: list[bytes]) -> int:
+        """How many lines start in `chunk` with a dot (section 4.5.2: one is a quoting
+        dot, no part of the message or its size); the first line of `chunk` starts
+        there only if nothing of it was judged before."""
+        dots = chunk.count(b"\r\n.")
+        if not self._line and lines[0][:1] == b".":
+            dots += 1
+        return dots
+
+    def _take(self, chunk: bytes, lines: list[bytes], size: int) -> None:
         self._kept += chunk
-        self._size += len(chunk)
+        self._size += size
         if len(lines) == 1:
             self._line += len(chunk)
             self._open += chunk

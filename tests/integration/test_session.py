@@ -391,6 +391,22 @@ def test_too_much_mail_data_gets_its_log_line(
     assert re.search(r"id=\w+ client=127\.0\.0\.1 reply '552 5\.3\.4 ", proxy.log)
 
 
+def test_size_counts_no_quoting_dots(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
+    """RFC 1870 section 4: a message's size counts CRLFs, not "the SMTP DATA command's
+    terminating dot or doubled quoting dots": a message of exactly the SIZE offered
+    passes however many of its lines start with a dot; one octet more does not."""
+    proxy = make_arproxy(smtp_sink.url, limits="max_message_size = 1024")
+    dotted = [b"." + b"d" * 98] * 9
+    for tail, expected in ((b"e" * 96, b"250 "), (b"e" * 97, b"552 5.3.4 ")):
+        message = b"Subject: long\r\n\r\n" + b"\r\n".join([*dotted, tail]) + b"\r\n"
+        assert len(message) == 1024 + len(tail) - 96
+        stuffed = b"\r\n".join([*(b"." + line for line in dotted), tail])
+        assert send_message(proxy.port, stuffed).startswith(expected)
+    proxy.stop()
+    assert len(smtp_sink.messages()) == 1
+    assert b"\n." + b"d" * 98 + b"\n" in smtp_sink.messages()[0].message
+
+
 def test_null_sender_is_logged_as_empty_path(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink
 ) -> None:

@@ -362,3 +362,26 @@ def test_stop_with_a_hung_downstream_fits_in_the_grace(
     # to two graces keeps a loaded machine from failing it.
     assert took < 2 * 5.0, log
     assert 5.0 + STOP_CLEANUP < 2 * 5.0
+
+
+# --- HELP lists the commands every server supports (RFC 5321 section 4.5.1) ---------
+
+# RFC 5321 section 4.5.1: the commands every SMTP receiver must support.
+MINIMUM_COMMANDS = ("EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY")
+
+
+def test_help_lists_and_explains_every_minimum_command(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """RFC 5321 section 4.1.1.8: HELP gives helpful information; ours must not call a
+    command of section 4.5.1 unsupported (aiosmtpd's HELP skipped our overrides)."""
+    proxy = make_arproxy(smtp_sink.url)
+    raw = session(proxy.port)
+    listed = raw.command(b"HELP")
+    assert listed.startswith(b"250 2.0.0 Supported commands: ")
+    assert set(MINIMUM_COMMANDS) <= set(listed.decode().split(": ", 1)[1].split())
+    for command in MINIMUM_COMMANDS:
+        assert raw.command(b"HELP " + command.encode()).startswith(
+            b"250 2.0.0 Syntax: " + command.encode()
+        )
+    raw.close()

@@ -282,3 +282,54 @@ def test_cancelled_while_the_downstream_holds_the_data_reply() -> None:
         b"DATA",
     ]
     assert idle == 0
+
+
+def test_first_recipient_refused_later_one_accepted_then_the_pooled_connection() -> None:
+    """The first RCPT, pipelined with MAIL, refused; the next accepted: our client gets
+    each downstream reply (RFC 5321 section 4.1.1.3: one reply per RCPT), DATA goes to
+    the accepted recipient only (the downstream's own list), and the connection,
+    between transactions after DATA (section 4.1.1.4), carries the next one."""
+
+    def script(connection: int, verb: bytes, count: int) -> bytes | None:
+        if (connection, verb, count) == (1, b"RCPT", 1):
+            return b"550 5.1.1 no such user\r\n"
+        return None
+
+    async def go() -> tuple[list[str], list[list[bytes]], int]:
+        server, port, sessions = await scripted_server(script)
+        relay = SmtpRelay(
+            Downstream("smtp", HostPort("127.0.0.1", port)), RELAY_CONFIG, "mx.example.com"
+        )
+        set_origin(addr="192.0.2.1", port=4321, helo="c.example", esmtp=True, queue_id="Q1")
+        replies = []
+        for recipients in (["x@example.com", "y@example.com"], ["z@example.com"]):
+            opened = await relay.open("a@sender.test", [], recipients[0])
+            assert opened.delivery is not None
+            for recipient in recipients:
+                replies.append(str(await opened.delivery.add_recipient(recipient)))
+            replies.append(str(await opened.delivery.send(b"Subject: t\r\n\r\nbody\r\n")))
+            await opened.delivery.close()
+        await relay.shutdown(2.0)
+        server.close()
+        await server.wait_closed()
+        return replies, sessions, relay.connections_opened
+
+    replies, sessions, opened = asyncio.run(go())
+    assert replies == [
+        "550 5.1.1 no such user",
+        "250 2.0.0 ok",
+        "250 2.0.0 queued",
+        "250 2.0.0 ok",
+        "250 2.0.0 queued",
+    ]
+    assert opened == 1
+    rcpts = [line for line in sessions[0] if line.startswith(b"RCPT")]
+    assert rcpts == [
+        b"RCPT TO:<x@example.com>\r\n",
+        b"RCPT TO:<y@example.com>\r\n",
+        b"RCPT TO:<z@example.com>\r\n",
+    ]
+    assert verbs(sessions[0]) == [
+        *[b"EHLO", b"XFORWARD", b"MAIL", b"RCPT", b"RCPT", b"DATA", b"<MESSAGE>"],
+        *[b"XFORWARD", b"MAIL", b"RCPT", b"DATA", b"<MESSAGE>", b"QUIT"],
+    ]

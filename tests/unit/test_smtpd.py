@@ -213,6 +213,29 @@ def test_command_table_binds_on_look_up_what_aiosmtpd_binds() -> None:
     asyncio.run(build())
 
 
+def test_every_overridden_command_keeps_aiosmtpds_help_text() -> None:
+    """aiosmtpd's HELP lists (and explains) only methods carrying its `@syntax` text;
+    each of our overrides (SMTPAdapter's, ArproxySMTP's) keeps the original's."""
+
+    async def build() -> None:
+        config = parse_config('[server]\nhostname = "mx.example.com"\n', "t")
+        handler = SessionHandler(Pipeline(config))
+        server = ArproxySMTP(handler, SessionRegistry(None), hostname="mx")
+        overridden = [
+            name
+            for name in dir(ArproxySMTP)
+            if name.startswith("smtp_") and getattr(ArproxySMTP, name) is not getattr(SMTP, name)
+        ]
+        assert {"smtp_DATA", "smtp_MAIL", "smtp_RCPT", "smtp_EHLO"} <= set(overridden)
+        for name in overridden:
+            ours, stock = getattr(server, name), getattr(SMTP, name)
+            for attribute in smtpd._SYNTAX_ATTRIBUTES:
+                assert getattr(ours, attribute, None) == getattr(stock, attribute, None), name
+        await handler.pipeline.resources.close()
+
+    asyncio.run(build())
+
+
 def test_aiosmtpd_uses_its_command_table_as_the_lazy_table_allows() -> None:
     # _CommandTable offers get, [], in, iteration, items: aiosmtpd uses get and items.
     uses = re.findall(r"self\._smtp_methods(\W\w*)", inspect.getsource(aiosmtpd.smtp))

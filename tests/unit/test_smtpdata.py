@@ -41,7 +41,8 @@ def reference(
         if len(line) - 2 > line_limit:
             verdict = Verdict.TOO_LONG  # aiosmtpd's reader overruns on the text alone
             continue
-        size += len(line)
+        # RFC 1870 section 4: the size counts CRLFs, not the doubled quoting dots.
+        size += len(line) - line.startswith(b".")
         if size_limit and size > size_limit:
             verdict = Verdict.TOO_MUCH
         elif len(line) > line_limit:
@@ -322,5 +323,28 @@ def test_ours_answers_as_aiosmtpd_does(
     pieces = cut(stream, points)
     theirs = asyncio.run(run_data(False, pieces, size_limit, line_limit))
     ours = asyncio.run(run_data(True, pieces, size_limit, line_limit))
-    assert ours == theirs
     assert theirs[0][0] == "354 End data with <CR><LF>.<CR><LF>"
+    if size_limit and b"\r\n." in b"\r\n" + stream[: stream.find(END) + 2]:
+        # A dot-stuffed line under a size limit: aiosmtpd counts the quoting dot,
+        # RFC 1870 does not (test_size_counts_no_quoting_dot); the reference reads
+        # the RFC's way.
+        expected = reference(stream, size_limit, line_limit)
+        assert expected is not None
+        verdict, content, following = expected
+        assert ours[1] == ([content] if verdict is Verdict.NOMINAL else [])
+        assert ours[2] == following
+        return
+    assert ours == theirs
+
+
+def test_size_counts_no_quoting_dot() -> None:
+    """RFC 1870 section 4: a message's size counts its CRLFs but "not the SMTP DATA
+    command's terminating dot or doubled quoting dots"; a message of exactly the
+    SIZE offered is accepted whatever its lines start with (aiosmtpd refused it)."""
+    message = b".ab\r\n..\r\nc\r\n"  # 12 octets; on the wire "..ab", "...": 14
+    wire = b"." + message.replace(b"\r\n.", b"\r\n..") + b".\r\nQUIT\r\n"
+    for pieces in ([wire], [bytes([octet]) for octet in wire]):
+        replies, delivered, rest = asyncio.run(run_data(True, pieces, len(message), 16))
+        assert replies[1:] == ["250 OK"] and delivered == [message] and rest == b"QUIT\r\n"
+        replies, delivered, _ = asyncio.run(run_data(True, pieces, len(message) - 1, 16))
+        assert replies[1:] == ["552 Error: Too much mail data"] and delivered == []
