@@ -111,24 +111,32 @@ class StateUnavailable(Exception):
 
 
 class RateLimitedLog:
-    """One warning per `every` seconds for a recurring condition, with the count of the
-    occurrences it stood for: an outage is visible without one line per connection."""
+    """One warning per `every` seconds for each recurring condition, with the count of
+    the occurrences it stood for: an outage is visible without one line per connection.
+
+    A condition is its message format (a constant of the caller's), so one condition
+    never silences another: "admitting connections uncounted" still appears when "a
+    session lease is left to expire" was logged a moment before.
+    """
 
     def __init__(self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic):
         self.every = every
         self.clock = clock
-        self._last: float | None = None
-        self._skipped = 0
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
 
     def warning(self, message: str, *args: object) -> bool:
-        """Log `message` unless one was logged less than `every` seconds ago; True if logged."""
+        """Log `message` unless the same message was logged less than `every` seconds
+        ago; True if logged."""
         now = self.clock()
-        if self._last is not None and now - self._last < self.every:
-            self._skipped += 1
+        last = self._last.get(message)
+        if last is not None and now - last < self.every:
+            self._skipped[message] = self._skipped.get(message, 0) + 1
             return False
-        suffix = f" ({self._skipped} more since the last line)" if self._skipped else ""
+        skipped = self._skipped.pop(message, 0)
+        suffix = f" ({skipped} more since the last line)" if skipped else ""
         log.warning(message + suffix, *args)
-        self._last, self._skipped = now, 0
+        self._last[message] = now
         return True
 
 

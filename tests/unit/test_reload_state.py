@@ -76,6 +76,26 @@ def test_outage_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None
     ]
 
 
+def test_one_condition_never_silences_another(caplog: pytest.LogCaptureFixture) -> None:
+    """The flaky redis-down test's cause: a lease's release failing just as Redis went
+    down took the one line allowed, and "admitting connections uncounted" was never
+    logged. Each message format is limited on its own."""
+    now = [0.0]
+    down = RateLimitedLog(every=60.0, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, "arproxy.state")
+    assert down.warning("state: a session lease is left to expire: %s", "reset")
+    now[0] = 0.5
+    assert down.warning("state: admitting connections uncounted: %s", "refused")
+    assert not down.warning("state: admitting connections uncounted: %s", "refused")
+    now[0] = 61.0
+    assert down.warning("state: admitting connections uncounted: %s", "refused")
+    assert [r.getMessage() for r in caplog.records] == [
+        "state: a session lease is left to expire: reset",
+        "state: admitting connections uncounted: refused",
+        "state: admitting connections uncounted: refused (1 more since the last line)",
+    ]
+
+
 def test_client_keys_follow_the_limiter() -> None:
     assert client_text("192.0.2.1") == "192.0.2.1"
     assert client_text("::ffff:192.0.2.1") == "192.0.2.1"  # RFC 4291 section 2.5.5.2
