@@ -17,7 +17,9 @@ With `server.workers > 1`, `arproxy serve` becomes this parent process. It
    one becomes the configuration of workers started from then on (with the old value
    of each key that needs a restart, named in one warning line), and each worker
    rereads it for its new sessions, TLS pair and users file (service.Reloader);
-5. restarts a worker that died while not asked to stop, after a delay that doubles
+5. forgets the sessions of a worker that died as soon as it reaps it (its column of
+   the per-client counts, arproxy.shared), and restarts a worker that died while not
+   asked to stop, after a delay that doubles
    with each quick failure of that worker (RESTART_FIRST_DELAY up to
    RESTART_MAX_DELAY), and gives up -- stops the others, exit 1 -- at the
    MAX_QUICK_FAILURES-th failure in a row, each within STABLE_AFTER seconds of its start
@@ -409,6 +411,10 @@ class Supervisor:
             metrics.worker_exited(pid)  # its live gauges go; its counters still count
             if slot is not None:
                 slot.pid = None
+                # Its sessions died with it: they stop counting now, not when its
+                # successor starts (up to RESTART_MAX_DELAY later), or its clients
+                # would be refused 421 for sessions nobody holds.
+                self.shared.clear_worker(slot.index)
                 self._exited(slot, pid, os.waitstatus_to_exitcode(status))
 
     def _exited(self, slot: _Slot, pid: int, code: int) -> None:
@@ -462,7 +468,8 @@ class Supervisor:
 
     def _start(self, slot: _Slot) -> None:
         slot.restart_at = None
-        # The dead worker's sessions are gone: its count column must not keep them.
+        # Already cleared when the last one was reaped (`_reap`); again, in case it
+        # was not (e.g. killed by `_kill`): a new worker starts with no sessions.
         self.shared.clear_worker(slot.index)
         parent = os.getpid()
         sys.stderr.flush()

@@ -270,3 +270,61 @@ def test_a_worker_that_cannot_start_five_times_stops_the_supervisor(
     refusals = [line for line in log.splitlines() if "worker cannot start:" in line]
     assert len(refusals) == 4 and all(key.name in line for line in refusals), refusals
     assert "Traceback" not in log
+
+
+def test_a_killed_workers_sessions_stop_counting_before_its_successor_starts(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """README "State: per worker, shared": a client's sessions that died with a killed
+    worker no longer count against limits.max_connections_per_ip once the supervisor
+    has seen the death, even while the successor waits out its restart delay (the
+    supervisor is stopped right after logging the death, so none starts): the other
+    worker greets the client 220 (RFC 5321 section 3.1), not 421 4.7.0."""
+    proxy = make_arproxy(smtp_sink.url, server=WORKERS, limits="max_connections_per_ip = 2")
+    client_ip = "127.0.0.23"
+    held, holder = hold_two_sessions_on_one_worker(proxy, client_ip)
+    index = next(i for i, pid in started_workers(proxy.log).items() if pid == holder)
+    os.kill(holder, signal.SIGKILL)
+    wait_for(lambda: f"worker {index} (pid {holder}) died" in proxy.log, "the death seen")
+    os.kill(proxy.process.pid, signal.SIGSTOP)  # no successor while we look
+    try:
+        assert started_workers(proxy.log)[index] == holder, "restarted too soon to tell"
+        again = [
+            smtplib.SMTP("127.0.0.1", proxy.port, timeout=30, source_address=(client_ip, 0))
+            for _ in range(2)
+        ]
+        for client in again:
+            assert client.noop()[0] == 250
+            client.quit()
+    finally:
+        os.kill(proxy.process.pid, signal.SIGCONT)
+        for client in held:
+            client.close()
+    wait_for(lambda: started_workers(proxy.log)[index] != holder, "the successor started")
+
+
+def hold_two_sessions_on_one_worker(
+    proxy: Arproxy, client_ip: str
+) -> tuple[list[smtplib.SMTP], int]:
+    """Two open sessions of `client_ip` served by the same worker, and its pid (a
+    session the kernel gives the other worker is ended, and another one tried)."""
+    connects = rf"connect from {re.escape(client_ip)}\b"
+    held: list[smtplib.SMTP] = []
+    holder, ended = 0, 0
+    for attempt in range(1, 200):
+        client = smtplib.SMTP("127.0.0.1", proxy.port, timeout=30, source_address=(client_ip, 0))
+        assert client.noop()[0] == 250
+        wait_for(lambda n=attempt: sum(pids_of(connects, proxy.log).values()) == n, "connect line")
+        pid = int(re.findall(r"\[(\d+)\]: " + connects, proxy.log)[-1])
+        if holder in (0, pid):
+            holder = pid
+            held.append(client)
+            if len(held) == 2:
+                return held, holder
+            continue
+        client.quit()  # on the other worker: end it, and wait until it stops counting
+        ended += 1
+        wait_for(
+            lambda n=ended: proxy.log.count(f"disconnect from {client_ip}\n") == n, "disconnect"
+        )
+    raise AssertionError("the kernel never gave one worker two sessions")

@@ -1,8 +1,11 @@
-"""The supervisor's restart rules, without forking: a worker that died is restarted
+"""The supervisor's restart rules, without serving: a worker that died is restarted
 after a delay that doubles with each quick failure, never in a tight loop, and after
-MAX_QUICK_FAILURES in a row the supervisor stops the others and will exit 1."""
+MAX_QUICK_FAILURES in a row the supervisor stops the others and will exit 1; its
+sessions stop counting as soon as it is reaped (one test forks a child that exits)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -63,3 +66,23 @@ def test_an_exit_while_stopping_is_not_restarted() -> None:
     assert sup.slots[0].restart_at is None and not sup.failed
     sup._exited(sup.slots[1], 4001, 1)
     assert sup.failed  # a worker that did not drain cleanly: exit 1
+
+
+def test_a_dead_workers_sessions_stop_counting_when_it_is_reaped() -> None:
+    """README "State: per worker, shared": the count column of a worker that died is
+    cleared when the supervisor reaps it, not when its successor starts (0.5 to 30 s
+    later): meanwhile its clients would be refused 421 for sessions nobody holds."""
+    sup = make_supervisor()
+    share = sup.shared.for_worker(0)
+    assert share.reserve("192.0.2.1", 0, 2) and share.reserve("192.0.2.1", 1, 2)
+    assert not sup.shared.for_worker(1).reserve("192.0.2.1", 0, 2)  # full: 2 of 2
+    pid = os.fork()
+    if pid == 0:  # the worker, dying at once
+        os._exit(1)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+    sup.slots[0].pid, sup.slots[0].started = pid, NOW
+    sup._reap()
+    assert sup.slots[0].pid is None
+    assert sup.slots[0].restart_at is not None  # its successor is not started yet
+    assert share.sessions("192.0.2.1") == 0
+    assert sup.shared.for_worker(1).reserve("192.0.2.1", 0, 2)
