@@ -32,10 +32,17 @@ _MAX_EXPONENT = 60  # 2**60 times any sane base delay is past any cap; avoids ov
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do about one failed attempt: wait `delay` seconds, send `reply`."""
+    """What to do about one failed attempt: wait `delay` seconds, send `reply`.
+
+    `over`: the client had used up its `max_failures` already when this attempt was
+    counted (a parallel session of the same client took the last one): the password
+    must not be checked at all (smtpauth.Authenticator counts each attempt before
+    checking it, so N parallel sessions cannot all pass `blocked`).
+    """
 
     disconnect: bool
     delay: float
+    over: bool = False
 
     @property
     def reply(self) -> Reply:
@@ -137,7 +144,11 @@ class AuthFailureLimiter:
         self._failures[key] = times  # (re)inserted last: it failed most recently
         if len(self._failures) > self._max_tracked:
             self._failures.popitem(last=False)
-        return Decision(disconnect=earlier + 1 >= self._max_failures, delay=self._delay(earlier))
+        return Decision(
+            disconnect=earlier + 1 >= self._max_failures,
+            delay=self._delay(earlier),
+            over=earlier >= self._max_failures,
+        )
 
     def record_success(self, ip: str | IPv4Address | IPv6Address) -> None:
         """Forget the client's failures: it knows a password."""

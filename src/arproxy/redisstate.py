@@ -249,6 +249,7 @@ class RedisAuthLimiter:
         return Decision(
             disconnect=earlier + 1 >= state.max_failures,
             delay=failure_delay(earlier, AUTH_BASE_DELAY, AUTH_MAX_DELAY),
+            over=earlier >= state.max_failures,
         )
 
     async def record_success(self, ip: str) -> None:

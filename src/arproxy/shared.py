@@ -270,6 +270,7 @@ class SharedAuthLimiter:
         return Decision(
             disconnect=earlier + 1 >= self._max_failures,
             delay=failure_delay(earlier, AUTH_BASE_DELAY, AUTH_MAX_DELAY),
+            over=earlier >= self._max_failures,
         )
 
     def record_success(self, ip: str) -> None:

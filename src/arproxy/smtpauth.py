@@ -69,13 +69,17 @@ class Authenticator:
 
     async def _authenticate(self, client_ip: str, user: str | None, password: bytes) -> AuthOutcome:
         if await self._blocked(client_ip):
-            log.warning("client=%s auth refused: too many failures", client_ip)
-            return AuthOutcome(TOO_MANY_FAILURES, None, user, disconnect=True)
+            return self._refused(client_ip, user)
+        # Counted as a failure before the password is checked, and taken back by a
+        # success: checked first, N parallel sessions of one client would all pass
+        # `blocked` while the first hashes ran, and get N guesses, not max_failures.
+        decision = await self._record_failure(client_ip)
+        if decision.over:
+            return self._refused(client_ip, user)
         if user is not None and await self.users.verify(user, password, pool=self.hash_pool):
             await self._record_success(client_ip)
             log.info("client=%s auth ok user=%s", client_ip, user)
             return AuthOutcome(AUTH_SUCCESS, user, user)
-        decision = await self._record_failure(client_ip)
         log.info(
             "client=%s auth failed user=%s delay=%.0fs%s",
             client_ip,
@@ -85,6 +89,12 @@ class Authenticator:
         )
         await asyncio.sleep(decision.delay)
         return AuthOutcome(decision.reply, None, user, disconnect=decision.disconnect)
+
+    @staticmethod
+    def _refused(client_ip: str, user: str | None) -> AuthOutcome:
+        """The client used up its attempts: 421 4.7.0 and disconnect, nothing checked."""
+        log.warning("client=%s auth refused: too many failures", client_ip)
+        return AuthOutcome(TOO_MANY_FAILURES, None, user, disconnect=True)
 
     # One code path for both kinds of limiter: the in-process and shared-memory ones
     # answer at once, the Redis one over the network.

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from ..peerskip import unless_peer
 from .conftest import MakeArproxy
 from .peers import Arproxy, SmtpSink, free_port, stop
 from .test_tls_auth import plain
-from .test_workers import send, wait_for
+from .test_workers import parallel_auth_failures, send, wait_for
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -131,6 +132,28 @@ def test_a_guesser_alternating_between_instances_is_cut_off_after_max_failures(
         code, text = auth_attempt(proxy.port, "right")
         assert (code, text[:6]) == (421, b"4.7.0 "), (code, text)
         assert "auth refused: too many failures" in proxy.log
+
+
+def test_parallel_guesses_on_both_instances_get_at_most_max_failures_checks(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """auth.max_failures bounds the passwords checked for a guesser's parallel sessions
+    spread over the instances too: each attempt is counted in Redis before its check."""
+    users = tmp_path / "users"
+    set_password(users, "alice", "right")
+    auth = f'[auth]\nusers_file = "{users}"\nallow_plaintext = true\nmax_failures = 2\n'
+    a, b = two_instances(
+        make_arproxy, smtp_sink, redis_server, auth, limits="max_connections_per_ip = 20"
+    )
+    replies = []
+    with ThreadPoolExecutor(2) as pool:
+        for found in pool.map(
+            lambda port: parallel_auth_failures(port, "127.0.0.25", 6), (a.port, b.port)
+        ):
+            replies += found
+    checked = sum(proxy.log.count("client=127.0.0.25 auth failed") for proxy in (a, b))
+    assert checked == 2, a.log + b.log
+    assert sorted(code for code, _ in replies) == [421] * 11 + [535]
 
 
 def test_the_per_client_limit_counts_sessions_on_both_instances(

@@ -241,6 +241,52 @@ def test_auth_failures_count_across_workers(
         client.close()
 
 
+def parallel_auth_failures(port: int, client_ip: str, sessions: int) -> list[tuple[int, bytes]]:
+    """`sessions` sessions of `client_ip`, each sending one wrong AUTH PLAIN at the
+    same moment (after EHLO on all of them); the replies."""
+    clients = []
+    for _ in range(sessions):
+        client = smtplib.SMTP("127.0.0.1", port, timeout=60, source_address=(client_ip, 0))
+        client.ehlo()
+        clients.append(client)
+    start = threading.Barrier(sessions)
+    replies: list[tuple[int, bytes]] = []
+
+    def attempt(client: smtplib.SMTP) -> None:
+        start.wait()
+        replies.append(client.docmd("AUTH", plain("alice", "wrong")))
+        client.close()
+
+    threads = [threading.Thread(target=attempt, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies
+
+
+def test_parallel_auth_attempts_get_at_most_max_failures_checks(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    """README: auth.max_failures failures per client in 10 minutes, then 421 4.7.0 --
+    also for a guesser sending its guesses in parallel sessions (on both workers):
+    at most max_failures passwords are checked, every other attempt is 421 4.7.0
+    unchecked (RFC 4954 section 6 names 535 5.7.8 only for a checked one)."""
+    users = tmp_path / "users"
+    set_password(users, "alice", "right")
+    proxy = make_arproxy(
+        smtp_sink.url,
+        server=WORKERS,
+        limits="max_connections_per_ip = 20",
+        extra=f'[auth]\nusers_file = "{users}"\nallow_plaintext = true\nmax_failures = 2\n',
+    )
+    replies = parallel_auth_failures(proxy.port, "127.0.0.24", 12)
+    checked = proxy.log.count("client=127.0.0.24 auth failed")
+    assert checked == 2, proxy.log
+    assert sorted(code for code, _ in replies) == [421] * 11 + [535]
+    assert all(text.startswith(b"4.7.0 ") for code, text in replies if code == 421)
+
+
 def test_a_worker_that_cannot_start_five_times_stops_the_supervisor(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
