@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -474,6 +475,22 @@ class Row:
     skipped: str = ""
 
 
+# A server log line that makes its row FAILED: a traceback, or an ERROR/CRITICAL line --
+# with workers, a worker that died (by a signal: no traceback) and was replaced while
+# the load ran, which the clients may not notice if it died between two sessions.
+LOG_FAULT = re.compile(r"Traceback|^\S+ \S+ (?:ERROR|CRITICAL) ", re.MULTILINE)
+
+
+def log_fault(text: str) -> str | None:
+    """The first line of a server's log that shows a fault (LOG_FAULT), else None."""
+    found = LOG_FAULT.search(text)
+    if found is None:
+        return None
+    start = text.rfind("\n", 0, found.start()) + 1
+    end = text.find("\n", found.start())
+    return text[start : end if end >= 0 else len(text)].strip()
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     """Nearest-rank percentile of a non-empty sequence."""
     ordered = sorted(values)
@@ -707,8 +724,9 @@ async def bench_target(
         ok, verdict = verify(row.target, context.sink.delivered(), accepted)
         if measured.c20.errors:
             ok, verdict = False, f"FAILED: {measured.c20.errors[0]}"
-        if server.log is not None and "Traceback" in server.log.read_text(errors="replace"):
-            ok, verdict = False, f"FAILED: traceback in {server.log}"
+        fault = log_fault(server.log.read_text(errors="replace")) if server.log else None
+        if fault is not None:
+            ok, verdict = False, f"FAILED: {fault[:120]} (in {server.log})"
         if not row.failed:
             row.verdict = verdict
         row.failed = row.failed or not ok

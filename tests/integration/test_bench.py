@@ -80,3 +80,22 @@ def test_verify_refuses_failing_or_missing_results() -> None:
     forged = passing + "; dkim=pass header.d=" + bench.FORGED_DOMAIN
     assert not bench.verify(arproxy, [_message(forged)], 1)[0]
     assert not bench.verify(arproxy, [_message(passing)], 2)[0]  # one lost
+
+
+def test_a_fault_in_the_server_log_fails_the_row() -> None:
+    """A worker that died while the load ran (no traceback: killed by a signal), any
+    ERROR line, or a traceback: the row is FAILED, the figures are not of a healthy run."""
+    bench = load_bench()
+    healthy = (
+        "2026-11-30 10:00:00,001 INFO arproxy.supervisor[10]: worker 0 started: pid 11\n"
+        "2026-11-30 10:00:00,002 INFO arproxy.pipeline[11]: id=X client=127.0.0.2 "
+        "stage=downstream relayed: 250 2.0.0 Ok (no ERROR here)\n"
+    )
+    assert bench.log_fault(healthy) is None
+    died = (
+        "2026-11-30 10:00:01,000 ERROR arproxy.supervisor[10]: worker 0 (pid 11) died "
+        "(signal SIGKILL): restarting in 0.5s\n"
+    )
+    assert bench.log_fault(healthy + died) == died.strip()
+    traceback = "Traceback (most recent call last):\n  File ...\n"
+    assert bench.log_fault(healthy + traceback) == "Traceback (most recent call last):"
