@@ -15,8 +15,8 @@ Why these mechanisms:
   semaphore would stay taken); a `threading.Lock` beside it orders the threads of
   one process, which a process-owned lock does not;
 - each worker keeps its own count column, and the supervisor zeroes the column of a
-  worker that died before starting the next one in its place, so a crash leaks no
-  sessions;
+  worker that died as soon as it reaps it (not when the next one starts in its place,
+  up to 30 s later), so a crash leaks no sessions;
 - times are `time.monotonic()`, CLOCK_MONOTONIC, the same clock in every process.
 
 Bounds: both tables have a fixed number of slots, hashed into buckets of `WAYS` slots
@@ -46,6 +46,7 @@ from arproxy.ratelimit import ClientKey, Decision, client_key, failure_delay
 
 WAYS = 8  # slots per bucket
 KEY_MEMO = 4096  # addresses whose table key a process remembers (SharedState.key)
+CLEAR_CHUNK = 1024  # slots cleared per hold of the lock (SharedState.clear_worker)
 _KEY = struct.Struct("17s")  # tag byte + 16 bytes (IPv4, IPv6 /64, or a name's hash)
 _EMPTY = bytes(17)
 AUTH_TABLE_BYTES = 8 * 1024 * 1024  # about 100 000 clients at max_failures = 5
@@ -124,15 +125,25 @@ class SharedState:
         return digest % table.buckets
 
     def clear_worker(self, worker: int) -> None:
-        """Forget worker `worker`'s sessions (it died; the supervisor calls this before
-        starting its successor)."""
-        with self.locked():
-            for slot in range(self.counts.buckets * WAYS):
-                key, values = self.counts.read(slot)
-                counts = [int(c) for c in values]
-                if key != _EMPTY and counts[worker]:
+        """Forget worker `worker`'s sessions (it died; the supervisor calls this when it
+        reaps it). The table has `workers * max_connections * 2` slots (128 000 with 64
+        workers): only each slot's key and this worker's count are read, and the lock
+        is taken per CLEAR_CHUNK slots, so the workers' admissions, which wait for it
+        on their event loops, are never held up for the whole scan. (Each of their
+        updates is a locked read-modify-write: one that reads a count not yet cleared
+        only counts too many for a moment, on the safe side.)"""
+        table, column = self.counts, _KEY.size + 2 * worker
+        size, total = table.layout.size, table.buckets * WAYS
+        for first in range(0, total, CLEAR_CHUNK):
+            with self.locked():
+                for slot in range(first, min(first + CLEAR_CHUNK, total)):
+                    at = table.offset + slot * size
+                    if table.buf[at + column : at + column + 2] == b"\0\0":
+                        continue
+                    key, values = table.read(slot)
+                    counts = [int(c) for c in values]
                     counts[worker] = 0
-                    self.counts.write(slot, _EMPTY if not any(counts) else key, counts)
+                    table.write(slot, _EMPTY if not any(counts) else key, counts)
 
     def for_worker(self, worker: int) -> WorkerShare:
         if not 0 <= worker < self.workers:

@@ -468,9 +468,9 @@ class Supervisor:
 
     def _start(self, slot: _Slot) -> None:
         slot.restart_at = None
-        # Already cleared when the last one was reaped (`_reap`); again, in case it
-        # was not (e.g. killed by `_kill`): a new worker starts with no sessions.
-        self.shared.clear_worker(slot.index)
+        # Its column of the session counts is empty: never used, or cleared when the
+        # last one was reaped (`_reap`). Not scanned again here: with many workers a
+        # scan of the table at each start made start-up last seconds per worker.
         parent = os.getpid()
         sys.stderr.flush()
         pid = os.fork()

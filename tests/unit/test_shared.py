@@ -10,7 +10,7 @@ import random
 import pytest
 
 from arproxy.ratelimit import AuthFailureLimiter, client_key
-from arproxy.shared import KEY_MEMO, SharedState
+from arproxy.shared import CLEAR_CHUNK, KEY_MEMO, SharedState
 
 
 class Clock:
@@ -54,6 +54,34 @@ def test_a_dead_workers_sessions_are_cleared_before_its_successor_starts() -> No
     state.clear_worker(0)  # worker 0 was killed with its session
     assert state.for_worker(1).sessions("192.0.2.1") == 1
     assert state.for_worker(1).reserve("192.0.2.1", 1, 2)
+
+
+def test_clearing_a_dead_worker_keeps_the_others_counts_and_lets_go_of_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over a table of several CLEAR_CHUNKs (6000 slots): every session of worker 0 is
+    forgotten, every one of worker 2 kept, and the lock the workers' admissions wait
+    for is let go between chunks rather than held for the whole scan."""
+    state = SharedState(workers=3, max_connections=1000, max_failures=5)
+    clients = [f"10.0.{n // 250}.{n % 250}" for n in range(1500)]
+    for n, client in enumerate(clients):
+        assert state.for_worker(0).reserve(client, 0, 5)
+        if n % 2:
+            assert state.for_worker(2).reserve(client, 0, 5)
+    holds = 0
+    locked = state.locked
+
+    def counting() -> object:
+        nonlocal holds
+        holds += 1
+        return locked()
+
+    monkeypatch.setattr(state, "locked", counting)
+    state.clear_worker(0)
+    slots = state.counts.buckets * 8
+    assert holds == -(-slots // CLEAR_CHUNK) > 1
+    monkeypatch.undo()
+    assert [state.for_worker(1).sessions(c) for c in clients] == [n % 2 for n in range(1500)]
 
 
 def test_the_tables_are_shared_with_forked_processes() -> None:
