@@ -16,7 +16,7 @@ Why these mechanisms:
   one process, which a process-owned lock does not;
 - each worker keeps its own count column, and the supervisor zeroes the column of a
   worker that died as soon as it reaps it (not when the next one starts in its place,
-  up to 30 s later), so a crash leaks no sessions;
+  up to 4 s later), so a crash leaks no sessions;
 - times are `time.monotonic()`, CLOCK_MONOTONIC, the same clock in every process.
 
 Bounds: both tables have a fixed number of slots, hashed into buckets of `WAYS` slots

@@ -412,7 +412,7 @@ class Supervisor:
             if slot is not None:
                 slot.pid = None
                 # Its sessions died with it: they stop counting now, not when its
-                # successor starts (up to RESTART_MAX_DELAY later), or its clients
+                # successor starts (0.5 to 4 s later), or its clients
                 # would be refused 421 for sessions nobody holds.
                 self.shared.clear_worker(slot.index)
                 self._exited(slot, pid, os.waitstatus_to_exitcode(status))
