@@ -321,14 +321,19 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         text = resources.files("arproxy").joinpath("default.toml").read_text("utf-8")
         return parse_config(text, EMBEDDED_DEFAULT)
+    return parse_config(read_config_text(path), str(path))
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of the configuration file `path`; ConfigError (one line) when it cannot
+    be read or is not UTF-8."""
     source = str(path)
     try:
-        text = Path(path).read_text("utf-8")
+        return Path(path).read_text("utf-8")
     except OSError as exc:
         raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(source, None, f"not UTF-8 text: {exc.reason}") from exc
-    return parse_config(text, source)
 
 
 def parse_config(text: str, source: str) -> Config:

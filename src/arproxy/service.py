@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from arproxy import metrics, sdnotify
 from arproxy.admission import SessionRegistry
-from arproxy.config import Config, ConfigError, HostPort, for_reload, load_config
+from arproxy.config import Config, ConfigError, HostPort, for_reload, load_config, parse_config
 from arproxy.pipeline import Pipeline
 from arproxy.resources import WorkerResources
 from arproxy.server import SessionHandler, make_protocol_factory
@@ -142,18 +143,22 @@ class Reloader:
     An invalid file is one error line and nothing changes (the TLS pair and users
     are not reloaded either). Keys that cannot change without a restart
     (config.RESTART_KEYS) keep their old values, named in one warning line -- by the
-    supervisor for its workers (`supervised`), which already checked the file.
+    supervisor for its workers (`supervised`), which already checked the file and
+    hands its text over (`checked_text`).
     """
 
     path: Path | None
     handler: SessionHandler
     supervised: bool = False
+    # A worker's source of the text the supervisor checked (supervisor.ConfigText.read;
+    # None until its first SIGHUP): never the file itself, which may have changed since.
+    checked_text: Callable[[], str | None] | None = None
 
     def __call__(self) -> None:
         handler = self.handler
         if self.path is not None:
             try:
-                new = load_config(self.path)
+                new = self._load(self.path)
             except ConfigError as exc:
                 log.error("reload: keeping the old configuration: %s", exc)
                 return
@@ -171,6 +176,10 @@ class Reloader:
             reload_log_level(config)
             log.info("reload: configuration %s loaded for new sessions", self.path)
         reload_security(handler.config, handler)
+
+    def _load(self, path: Path) -> Config:
+        text = self.checked_text() if self.checked_text is not None else None
+        return load_config(path) if text is None else parse_config(text, str(path))
 
 
 @dataclass(frozen=True)
@@ -192,13 +201,16 @@ async def serve(
     share: WorkerShare | None = None,
     supervised: bool = False,
     config_path: Path | None = None,
+    checked_text: Callable[[], str | None] | None = None,
 ) -> None:
     """Listen until `stop` is set (SIGTERM/SIGINT by default), then drain.
 
     `supervised`: a worker of arproxy.supervisor, which serves `metrics.listen` and
     talks to systemd itself: this process only counts its metrics into the
     multiprocess directory and never notifies. `config_path`: the file SIGHUP
-    rereads (`Reloader`; None: only the TLS pair and users file are reloaded).
+    rereads (`Reloader`; None: only the TLS pair and users file are reloaded);
+    `checked_text`: a supervised worker's source of the text the supervisor checked,
+    applied on SIGHUP instead of the file (`Reloader.checked_text`).
 
     One worker: on `listeners` when given (inherited from the supervisor), else on
     sockets of its own; with `share`, the per-client session counts and the AUTH
@@ -237,7 +249,8 @@ async def serve(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, Reloader(config_path, handler, supervised))
+        reloader = Reloader(config_path, handler, supervised, checked_text)
+        loop.add_signal_handler(signal.SIGHUP, reloader)
     _log_start(config, authenticator, tls)
     if not supervised:
         sdnotify.notify(

@@ -16,7 +16,9 @@ With `server.workers > 1`, `arproxy serve` becomes this parent process. It
    file itself: an invalid one is one error line and no worker is signalled; a valid
    one becomes the configuration of workers started from then on (with the old value
    of each key that needs a restart, named in one warning line), and each worker
-   rereads it for its new sessions, TLS pair and users file (service.Reloader);
+   applies the very text it checked (ConfigText; not the file read again, which may
+   have been edited since) to its new sessions, then reloads its TLS pair and users
+   file (service.Reloader);
 5. forgets the sessions of a worker that died as soon as it reaps it (its column of
    the per-client counts, arproxy.shared), and restarts a worker that died while not
    asked to stop, after a delay that doubles
@@ -51,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -66,7 +69,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from arproxy import metrics, sdnotify
-from arproxy.config import Config, ConfigError, HostPort, for_reload, load_config
+from arproxy.config import Config, ConfigError, HostPort, for_reload, parse_config, read_config_text
 from arproxy.service import Listeners, StartupError, check_files, serve
 from arproxy.shared import SharedState, WorkerShare
 
@@ -196,6 +199,42 @@ class SupervisorMetrics:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class ConfigText:
+    """The text of the configuration file as the supervisor last checked it on SIGHUP,
+    for the workers to apply (service.Reloader.checked_text) instead of rereading the
+    file: one edited again between the supervisor's check and a worker's read (or
+    while a worker was stopped) would give that worker a configuration nobody checked,
+    and different workers different ones. A memfd made before the fork; `publish` and
+    `read` hold a POSIX record lock on it, so a read never sees half a text."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("arproxy-config", os.MFD_CLOEXEC)
+
+    def publish(self, text: str) -> None:
+        """In the supervisor, before it signals the workers."""
+        data = text.encode("utf-8")
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            os.ftruncate(self.fd, len(data))
+            os.pwrite(self.fd, data, 0)
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def read(self) -> str | None:
+        """In a worker on SIGHUP: the text last published, None before the first."""
+        fcntl.lockf(self.fd, fcntl.LOCK_SH)
+        try:
+            size = os.fstat(self.fd).st_size
+            data = os.pread(self.fd, size, 0) if size else b""
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+        return data.decode("utf-8") if data else None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 class Readiness:
     """Workers tell the supervisor they serve: each writes its slot index (one byte)
     to a pipe and wakes the supervisor with SIGUSR1 (signals of one kind coalesce, the
@@ -287,6 +326,7 @@ class Supervisor:
     shared: SharedState
     served: SupervisorMetrics = field(default_factory=SupervisorMetrics)
     readiness: Readiness = field(default_factory=Readiness)
+    checked: ConfigText = field(default_factory=ConfigText)
     slots: list[_Slot] = field(default_factory=list)
     config_path: Path | None = None
     stopping: bool = False
@@ -299,6 +339,7 @@ class Supervisor:
             return self._run()
         finally:
             self.readiness.close()
+            self.checked.close()
 
     def _run(self) -> int:
         self.slots = [_Slot(index) for index in range(self.config.server.workers)]
@@ -371,14 +412,18 @@ class Supervisor:
         TLS pair, users file, signing keys) before any worker rereads them; False:
         invalid, one error line, nothing changes -- the workers started later get the
         last good configuration."""
-        candidate, restart = self.config, list[str]()
+        candidate, restart, text = self.config, list[str](), None
         try:
             if self.config_path is not None:  # None: the embedded default cannot change
-                candidate, restart = for_reload(self.config, load_config(self.config_path))
+                text = read_config_text(self.config_path)
+                new = parse_config(text, str(self.config_path))
+                candidate, restart = for_reload(self.config, new)
             check_files(candidate)
         except (ConfigError, StartupError) as exc:
             log.error("supervisor: SIGHUP: keeping the old configuration: %s", exc)
             return False
+        if text is not None:
+            self.checked.publish(text)  # what every worker applies: ConfigText
         if restart:
             log.warning(
                 "reload: %s need(s) a restart; keeping the old value(s)", ", ".join(restart)
@@ -485,6 +530,7 @@ class Supervisor:
                 parent,
                 lambda: self.readiness.report(slot.index, parent),
                 self.config_path,
+                self.checked.read,
             )
         slot.pid = pid
         slot.started = self.clock()
@@ -498,13 +544,14 @@ def _worker_main(
     parent: int,
     serving: Callable[[], None],
     config_path: Path | None = None,
+    checked_text: Callable[[], str | None] | None = None,
 ) -> NoReturn:
     """The forked child: serve until told to stop, then leave without returning into
     the parent's code (os._exit). `serving` tells the supervisor it accepts."""
     code = EXIT_FAILED
     try:
         _die_with_parent(parent)
-        asyncio.run(_serve_worker(config, listeners, share, serving, config_path))
+        asyncio.run(_serve_worker(config, listeners, share, serving, config_path, checked_text))
         code = EXIT_OK
     except StartupError as exc:
         log.error("worker cannot start: %s", exc)
@@ -523,6 +570,7 @@ async def _serve_worker(
     share: WorkerShare,
     tell: Callable[[], None],
     config_path: Path | None,
+    checked_text: Callable[[], str | None] | None = None,
 ) -> None:
     ready = asyncio.Event()
     serving = asyncio.create_task(
@@ -533,6 +581,7 @@ async def _serve_worker(
             share=share,
             supervised=True,
             config_path=config_path,
+            checked_text=checked_text,
         )
     )
     readiness = asyncio.create_task(ready.wait())

@@ -151,6 +151,44 @@ def test_sighup_reloads_the_certificate_and_users_in_every_worker(
             assert code == 235  # RFC 4954 section 6
 
 
+def test_workers_apply_the_configuration_the_supervisor_checked(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """README "Worker processes", SIGHUP: the supervisor checks the file, and what the
+    workers then apply is that text, the one a worker started later gets too -- not the
+    file read again, which may have been edited since (here while the workers were
+    stopped, so the edit lands between the check and their reads, every time)."""
+    proxy = make_arproxy(smtp_sink.url, server=WORKERS)
+    # Both started and serving (their SIGHUP handlers in place) before they are stopped.
+    wait_for(lambda: "all 2 workers serving" in proxy.log, "both workers serving")
+    workers = list(started_workers(proxy.log).values())
+    original = proxy.config_path.read_text()
+    assert 'hostname = "mx.example.com"' in original
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        proxy.config_path.write_text(original.replace("mx.example.com", "checked.example.com"))
+        os.kill(proxy.process.pid, signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: every worker reloads" in proxy.log, "the supervisor's check")
+        proxy.config_path.write_text(original.replace("mx.example.com", "edited.example.com"))
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    loaded = r"reload: configuration \S+ loaded for new sessions"
+    wait_for(lambda: set(pids_of(loaded, proxy.log)) == set(workers), "both workers reloaded")
+    banners, sessions, since = set(), 0, len(proxy.log)
+    while set(pids_of(r"connect from 127\.0\.0\.1", proxy.log[since:])) != set(workers):
+        assert sessions < 200, "one worker never took a session"
+        sessions += 1
+        client = smtplib.SMTP()
+        code, text = client.connect("127.0.0.1", proxy.port)
+        client.quit()
+        assert code == 220  # RFC 5321 section 4.2: the greeting names the server
+        banners.add(text.split()[0].decode())
+    assert banners == {"checked.example.com"}
+    assert "edited.example.com" not in proxy.log
+
+
 def test_a_killed_worker_is_replaced(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
     proxy = make_arproxy(smtp_sink.url, server=WORKERS)
     killed = started_workers(proxy.log)[0]
