@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from arproxy import __version__, logformat
-from arproxy.config import Config, ConfigError, load_config
+from arproxy.config import Config, ConfigError, load_config, parse_config, read_config_text
 
 if TYPE_CHECKING:
     from arproxy.client import Phase, ProbeOptions, ProbeResult
@@ -229,8 +229,17 @@ def _load_or_report(path: str | None) -> Config | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
-    if config is None or not _load_signing_or_report(config):
+    text = None  # the file's text as validated: what a supervisor's workers start from
+    try:
+        if args.config is None:
+            config = load_config(None)
+        else:
+            text = read_config_text(args.config)
+            config = parse_config(text, str(args.config))
+    except ConfigError as exc:
+        print(f"arproxy: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not _load_signing_or_report(config):
         return EXIT_CONFIG
     # Several workers: each line names the process that wrote it.
     with_pid = config.server.workers > 1
@@ -241,7 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config.server.workers > 1:
         from arproxy.supervisor import run  # noqa: PLC0415  # check-config does not need it
 
-        return run(config, path)
+        return run(config, path, text)
     from arproxy.service import StartupError, serve  # noqa: PLC0415  # check-config needs neither
 
     try:

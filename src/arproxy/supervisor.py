@@ -90,13 +90,15 @@ EXIT_CONFIG = 2
 _PR_SET_PDEATHSIG = 1
 
 
-def run(config: Config, config_path: Path | None = None) -> int:
+def run(config: Config, config_path: Path | None = None, config_text: str | None = None) -> int:
     """Serve with `config.server.workers` processes until SIGTERM/SIGINT; the exit code.
 
     0: stopped on request and every worker drained; 1: cannot listen, a worker had
     to be killed or exited non-zero, or workers kept failing; 2: a file named by the
     configuration is unusable (nothing was forked). `config_path`: the file SIGHUP
-    rereads (None: the embedded default, which cannot change).
+    rereads (None: the embedded default, which cannot change); `config_text`: the
+    text `config` was read from, what a worker applies if it gets a SIGHUP of its own
+    before the supervisor checked a newer one (`kill -HUP` of every process).
     """
     # First, before any thread exists (the metrics endpoint's, or any other): a thread
     # inherits the mask of the thread that starts it, and a process-directed signal is
@@ -125,7 +127,10 @@ def run(config: Config, config_path: Path | None = None) -> int:
             sock.close()
         return EXIT_FAILED
     try:  # every way out of the supervisor removes its private directory (`close`)
-        return Supervisor(config, listeners, shared, served, config_path=config_path).run()
+        supervisor = Supervisor(config, listeners, shared, served, config_path=config_path)
+        if config_text is not None:
+            supervisor.checked.publish(config_text)
+        return supervisor.run()
     finally:
         for sock in (*listeners.main, *listeners.implicit):
             sock.close()
@@ -200,12 +205,13 @@ class SupervisorMetrics:
 
 
 class ConfigText:
-    """The text of the configuration file as the supervisor last checked it on SIGHUP,
-    for the workers to apply (service.Reloader.checked_text) instead of rereading the
-    file: one edited again between the supervisor's check and a worker's read (or
-    while a worker was stopped) would give that worker a configuration nobody checked,
-    and different workers different ones. A memfd made before the fork; `publish` and
-    `read` hold a POSIX record lock on it, so a read never sees half a text."""
+    """The text of the configuration file as the supervisor last checked it (at start,
+    then on each SIGHUP), for the workers to apply (service.Reloader.checked_text)
+    instead of rereading the file: one edited again between the supervisor's check
+    and a worker's read (or while a worker was stopped) would give that worker a
+    configuration nobody checked, and different workers different ones. A memfd made
+    before the fork; `publish` and `read` hold a POSIX record lock on it, so a read
+    never sees half a text."""
 
     def __init__(self) -> None:
         self.fd = os.memfd_create("arproxy-config", os.MFD_CLOEXEC)
@@ -221,7 +227,8 @@ class ConfigText:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
     def read(self) -> str | None:
-        """In a worker on SIGHUP: the text last published, None before the first."""
+        """In a worker on SIGHUP: the text last published (the one `serve` started
+        with, then each one a SIGHUP checked), None if none was."""
         fcntl.lockf(self.fd, fcntl.LOCK_SH)
         try:
             size = os.fstat(self.fd).st_size

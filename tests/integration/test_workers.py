@@ -189,6 +189,33 @@ def test_workers_apply_the_configuration_the_supervisor_checked(
     assert "edited.example.com" not in proxy.log
 
 
+def test_a_sighup_to_the_workers_alone_reads_no_file(
+    make_arproxy: MakeArproxy, smtp_sink: SmtpSink
+) -> None:
+    """`pkill -HUP arproxy` signals the workers too, each before or after the
+    supervisor's check: a worker's own SIGHUP reapplies what the supervisor last
+    checked (here, the file it started with), never the file as edited since."""
+    proxy = make_arproxy(smtp_sink.url, server=WORKERS)
+    wait_for(lambda: "all 2 workers serving" in proxy.log, "both workers serving")
+    workers = list(started_workers(proxy.log).values())
+    original = proxy.config_path.read_text()
+    proxy.config_path.write_text(original.replace("mx.example.com", "edited.example.com"))
+    for pid in workers:
+        os.kill(pid, signal.SIGHUP)
+    loaded = r"reload: configuration \S+ loaded for new sessions"
+    wait_for(lambda: set(pids_of(loaded, proxy.log)) == set(workers), "both workers reloaded")
+    banners, sessions, since = set(), 0, len(proxy.log)
+    while set(pids_of(r"connect from 127\.0\.0\.1", proxy.log[since:])) != set(workers):
+        assert sessions < 200, "one worker never took a session"
+        sessions += 1
+        client = smtplib.SMTP()
+        code, text = client.connect("127.0.0.1", proxy.port)
+        client.quit()
+        assert code == 220
+        banners.add(text.split()[0].decode())
+    assert banners == {"mx.example.com"}
+
+
 def test_a_killed_worker_is_replaced(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
     proxy = make_arproxy(smtp_sink.url, server=WORKERS)
     killed = started_workers(proxy.log)[0]
