@@ -37,6 +37,9 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 # Seconds after server.shutdown_grace for the clean-up of a stop: closing the
 # sessions' sockets and the downstream transactions they leave (RSET/QUIT).
 STOP_CLEANUP = 2.0
+# Connections the kernel completes and queues on each listening socket before a worker
+# accepts them (capped by net.core.somaxconn): room for a burst while every worker is busy.
+LISTEN_BACKLOG = 128
 
 
 class StartupError(Exception):
@@ -320,9 +323,17 @@ async def _listen(
             return serve_tls(loop, smtp_factory(), ssl_context, TLS_HANDSHAKE_TIMEOUT)
 
     if inherited is None:
-        return [await loop.create_server(factory, host=address.host, port=address.port)]
+        return [
+            await loop.create_server(
+                factory, host=address.host, port=address.port, backlog=LISTEN_BACKLOG
+            )
+        ]
     sockets = inherited.implicit if implicit else inherited.main
-    return [await loop.create_server(factory, sock=sock) for sock in sockets]
+    # create_server calls listen() again on an inherited socket, with its own default
+    # (100) unless told: the backlog is set here for both paths.
+    return [
+        await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG) for sock in sockets
+    ]
 
 
 def _log_start(

@@ -70,7 +70,7 @@ from typing import NoReturn
 
 from arproxy import metrics, sdnotify
 from arproxy.config import Config, ConfigError, HostPort, for_reload, parse_config, read_config_text
-from arproxy.service import Listeners, StartupError, check_files, serve
+from arproxy.service import LISTEN_BACKLOG, Listeners, StartupError, check_files, serve
 from arproxy.shared import SharedState, WorkerShare
 
 log = logging.getLogger("arproxy.supervisor")
@@ -83,7 +83,6 @@ STABLE_AFTER = 30.0  # a worker that ran this long had a good start: its delay r
 MAX_QUICK_FAILURES = 5
 KILL_AFTER_GRACE = 10.0  # seconds past shutdown_grace before stragglers get SIGKILL
 POLL = 1.0  # longest wait for a signal (children are also reaped on each wake-up)
-BACKLOG = 128
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -306,7 +305,7 @@ def bind(address: HostPort) -> tuple[socket.socket, ...]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(sockaddr)
-            sock.listen(BACKLOG)
+            sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
     except OSError:
         for sock in sockets:
