@@ -203,6 +203,14 @@ class SessionRegistry:
         except StateUnavailable as exc:
             self._down.warning("state: a session lease is left to expire: %s", exc)
 
+    def session_over(self, connection: Connection) -> None:
+        """`connection` no longer counts (its last reply is about to go out): with
+        several workers, publish its client's count now rather than when the
+        connection is gone, so the client's next session, on any worker, finds its
+        place free."""
+        if self.shared is not None and connection in self.open:
+            self._left(connection)
+
     def _left(self, connection: Connection) -> None:
         assert self.shared is not None
         client = connection.client_text
