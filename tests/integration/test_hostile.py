@@ -17,13 +17,17 @@ import pytest
 from .conftest import MakeArproxy
 from .peers import SmtpSink
 
+# How long a Raw client waits for each reply: generous (DNS checks and the relay on a
+# loaded machine), and far below the 300 s default command_timeout.
+REPLY_WAIT = 30.0
+
 
 class Raw:
     """A line-oriented raw SMTP client: what a hostile client can do."""
 
     def __init__(self, port: int, source: str = "127.0.0.1") -> None:
         self.sock = socket.create_connection(
-            ("127.0.0.1", port), timeout=10, source_address=(source, 0)
+            ("127.0.0.1", port), timeout=REPLY_WAIT, source_address=(source, 0)
         )
         self.stream = self.sock.makefile("rb")
 
@@ -162,12 +166,13 @@ def test_connections_per_ip_are_limited(make_arproxy: MakeArproxy, smtp_sink: Sm
 
 
 def test_idle_client_gets_421_on_timeout(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
+    # Not timed here (a loaded machine is slow): the reply comes within Raw's socket
+    # timeout (REPLY_WAIT), far below the default command_timeout of 300 s, so it
+    # fails if the configured 1 s were not the bound.
     proxy = make_arproxy(smtp_sink.url, limits="command_timeout = 1.0")
     raw = Raw(proxy.port)
     assert raw.reply().startswith(b"220 ")
-    started = time.monotonic()
     assert raw.reply().startswith(b"421 4.4.2 ")
-    assert time.monotonic() - started < 5
     raw.close()
 
 

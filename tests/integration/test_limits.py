@@ -8,14 +8,13 @@ import smtplib
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from arproxy.tls import make_self_signed
 from arproxy.users import UsersFile
 
 from .conftest import MakeArproxy
-from .peers import SmtpSink
+from .peers import SmtpSink, wait_for
 
 
 def test_size_is_advertised_and_enforced(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
@@ -82,9 +81,7 @@ def test_sighup_reloads_the_certificate(
     before = served_certificate(proxy.port)
     make_self_signed(cert, key, "new.example.com")
     proxy.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "reload: TLS certificate" not in proxy.log and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "reload: TLS certificate" in proxy.log, "the reload")
     after = served_certificate(proxy.port)
     assert before != after
     assert b"new.example.com" in after

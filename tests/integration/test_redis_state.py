@@ -23,9 +23,9 @@ from arproxy.users import set_password
 
 from ..peerskip import unless_peer
 from .conftest import MakeArproxy
-from .peers import Arproxy, SmtpSink, free_port, stop
+from .peers import WAIT, Arproxy, SmtpSink, free_port, stop, wait_for
 from .test_tls_auth import plain
-from .test_workers import send, wait_for
+from .test_workers import send
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -65,7 +65,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + WAIT
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
@@ -155,14 +155,15 @@ def test_the_per_client_limit_counts_sessions_on_both_instances(
     held[1].quit()
 
 
-def _connect_when_free(port: int, attempts: int = 100) -> smtplib.SMTP:
-    """A session on `port` as soon as the per-client limit has a place (bounded)."""
-    for _ in range(attempts):
+def _connect_when_free(port: int) -> smtplib.SMTP:
+    """A session on `port` as soon as the per-client limit has a place (within WAIT)."""
+    deadline = time.monotonic() + WAIT
+    while True:
         try:
             return smtplib.SMTP("127.0.0.1", port, timeout=30)
         except smtplib.SMTPConnectError:
+            assert time.monotonic() < deadline, f"no place on {port} within {WAIT}s"
             time.sleep(0.1)
-    raise AssertionError(f"no place on {port} after {attempts} attempts")
 
 
 def _accepts(port: int) -> bool:

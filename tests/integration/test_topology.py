@@ -35,7 +35,7 @@ from ..dnsserver import KnotServer
 from ..peerskip import unless_peer
 from .conftest import arproxy_config
 from .dovecot import PASSWORD, USER, Dovecot
-from .peers import Arproxy, PrivatePostfix, free_port, stop, wait_for_port
+from .peers import Arproxy, PrivatePostfix, free_port, stop, wait_for, wait_for_port
 from .test_probe import run_arproxy
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -153,16 +153,17 @@ virtual_minimum_uid = 1
         dovecot.close()
 
 
-def wait_for_smtpd(port: int, timeout: float = 20.0) -> None:
+def wait_for_smtpd(port: int) -> None:
     """Postfix's master daemonizes: poll the port rather than a process."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"Postfix's smtpd not listening on {port}")
+    wait_for(lambda: _listening(port), f"Postfix's smtpd listening on {port}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def message(message_id: str) -> bytes:
