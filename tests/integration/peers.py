@@ -58,7 +58,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+def stop(process: subprocess.Popen[bytes], timeout: float = WAIT) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:

@@ -146,7 +146,7 @@ def test_long_line_and_pipelined_flood_then_next_client_is_served(
     replies = [raw.reply() for _ in range(500)]
     assert all(r == b"250 2.0.0 OK" for r in replies)
     raw.close()
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         assert (
             client.sendmail("a@example.org", ["b@example.com"], b"Subject: next\r\n\r\nok\r\n")
             == {}
@@ -183,9 +183,9 @@ def test_data_has_its_own_idle_bound_and_then_commands_theirs_again(
     one idle timer re-armed when it fires before the later bound); after the
     reply, the command bound is back: an idle client is told 421 4.4.2 (RFC 5321
     section 4.5.3.2: a server times out an idle client, section 3.8: with 421)."""
-    proxy = make_arproxy(
-        smtp_sink.url, limits="command_timeout = 1.0\ndata_timeout = 7.0", relay_timeout=1.0
-    )
+    # data_timeout must exceed relay.timeout (10 s here) + dns.message_budget (5 s); a
+    # 1 s relay timeout to make room would fail the relay itself on a loaded machine.
+    proxy = make_arproxy(smtp_sink.url, limits="command_timeout = 1.0\ndata_timeout = 20.0")
     raw = Raw(proxy.port)
     start_transaction(raw)
     raw.send(b"From: alice@example.org\r\nSubject: slow\r\n\r\n")

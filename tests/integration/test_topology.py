@@ -35,7 +35,7 @@ from ..dnsserver import KnotServer
 from ..peerskip import unless_peer
 from .conftest import arproxy_config
 from .dovecot import PASSWORD, USER, Dovecot
-from .peers import Arproxy, PrivatePostfix, free_port, stop, wait_for, wait_for_port
+from .peers import WAIT, Arproxy, PrivatePostfix, free_port, stop, wait_for, wait_for_port
 from .test_probe import run_arproxy
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -312,7 +312,7 @@ def test_losing_one_arproxy_mid_run_loses_no_acknowledged_message(topology: Topo
         time.sleep(0.05)
     victim = topology.proxies[0]
     victim.process.send_signal(signal.SIGKILL)
-    victim.process.wait(timeout=10)
+    victim.process.wait(timeout=WAIT)
     assert "relayed" in victim.log  # round robin: the victim was carrying traffic
     thread.join(timeout=300)
     assert not thread.is_alive()
