@@ -57,6 +57,10 @@ defaults
     timeout connect 2s
     timeout client 120s
     timeout server 120s
+    # Without it a check's reply must come within `inter` (300 ms): on a loaded machine
+    # a live arproxy was marked down (fall 1) and took no traffic. A killed one still
+    # fails its check at once (connection refused).
+    timeout check 10s
     # A server that refuses the connection (killed) is retried, then another is tried.
     retries 3
     option redispatch
