@@ -187,14 +187,16 @@ class SessionRegistry:
             return True, None
         return lease is not None, lease
 
-    def release(self, lease: str | None) -> None:
+    def release(self, lease: str | None) -> asyncio.Task[None] | None:
         """The session holding `lease` is over: stop counting it (in the background;
-        if Redis is down the lease expires by itself, redisstate.session_ttl)."""
+        if Redis is down the lease expires by itself, redisstate.session_ttl). The
+        task, for a caller that must know the place is free before it answers."""
         if lease is None or self.remote is None:
-            return
+            return None
         task = asyncio.get_running_loop().create_task(self._release(lease))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
+        return task
 
     async def _release(self, lease: str) -> None:
         assert self.remote is not None
@@ -202,6 +204,14 @@ class SessionRegistry:
             await self.remote.release(lease)
         except StateUnavailable as exc:
             self._down.warning("state: a session lease is left to expire: %s", exc)
+
+    def session_over(self, connection: Connection) -> None:
+        """`connection` no longer counts (its last reply is about to go out): with
+        several workers, publish its client's count now rather than when the
+        connection is gone, so the client's next session, on any worker, finds its
+        place free."""
+        if self.shared is not None and connection in self.open:
+            self._left(connection)
 
     def _left(self, connection: Connection) -> None:
         assert self.shared is not None

@@ -307,6 +307,27 @@ class ArproxySMTP(SMTPAdapter):
             status.replace("\r\n", " / "),
         )
 
+    def closes_after(self, response: bytes) -> bool:
+        return self._close_after_reply or super().closes_after(response)
+
+    def before_last_reply(self) -> None:
+        self.session_over()
+
+    def session_over(self) -> asyncio.Task[None] | None:
+        """The session's last reply (221, a closing 421 or 550) is about to go out: from
+        now on it no longer counts against its client's limits.max_connections_per_ip,
+        in every worker, before the client can read the reply and connect again
+        (README, limits.max_connections_per_ip). connection_lost comes later, when
+        the close is done: the count it published was too late, and a client's next
+        session landing on another worker was refused 421 4.7.0. With the counts in
+        Redis, the lease's release (the task returned; None if nothing to wait for)."""
+        if self.quitting:
+            return None
+        self.quitting = True
+        self.registry.session_over(self)
+        lease, self._lease = self._lease, None
+        return self.registry.release(lease)
+
     def after_reply(self) -> None:
         if self._close_after_reply and self.transport is not None:
             self.flush_replies()
@@ -324,6 +345,7 @@ class ArproxySMTP(SMTPAdapter):
             if not logged:
                 log.info("%s reply %r, closing", self.log_prefix, str(reply))
             self.flush_replies()  # the replies owed before this one
+            self.session_over()
             transport.write(str(reply).encode("ascii") + b"\r\n")
             transport.close()
 
@@ -590,7 +612,11 @@ class SessionHandler:
     ) -> str:
         if session.state is not None:
             await session.state.reset()
-        server.quitting = True
+        releasing = server.session_over()
+        if releasing is not None:
+            # Across instances (Redis): the place is free before the client reads 221
+            # and connects again, to this instance or another.
+            await asyncio.shield(releasing)
         return str(closing(server.config.server.hostname))
 
     async def handle_exception(self, error: Exception) -> str:

@@ -370,6 +370,15 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
     def after_reply(self) -> None:
         """A reply was written."""
 
+    def closes_after(self, response: bytes) -> bool:
+        """Whether the connection closes once `response` is written: 221 (RFC 5321
+        section 4.1.1.10) and 421 (section 3.8)."""
+        return response[:3] in (b"221", b"421")
+
+    def before_last_reply(self) -> None:
+        """The session's last reply is about to be written (`closes_after`): the
+        client may connect again as soon as it reads it."""
+
     # --- what aiosmtpd's private parts give access to ---
 
     @property
@@ -656,6 +665,8 @@ class SMTPAdapter(SMTP, metaclass=abc.ABCMeta):
             # is said or logged, e.g. a second "421 ... sent too many times".
             return
         response = self._wire_form(status) if isinstance(status, str) else status
+        if self.closes_after(response):
+            self.before_last_reply()
         self._held.append(response + b"\r\n")
         if not self._may_hold(response):
             self.flush_replies()

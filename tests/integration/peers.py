@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,22 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+# The one bound for everything a test waits for (a peer listening, a log line, a
+# worker replaced): things that take well under a second on an idle machine, and
+# several on a loaded one (CI, two cores shared). Generous, since it is never a timing
+# assertion: a wait that gives up too early fails a correct program by chance.
+WAIT = 60.0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    """Poll `condition()` until it is true; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened within {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -42,7 +58,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+def stop(process: subprocess.Popen[bytes], timeout: float = WAIT) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -149,20 +165,45 @@ class Arproxy:
             stderr=self._log,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        wait_for_port(self.port, self.process)
-        self._finish_probe_session("proxy_protocol = true" in config_text)
+        try:
+            server = tomllib.loads(self.config_path.read_text()).get("server", {})
+        except tomllib.TOMLDecodeError:
+            server = {}  # arproxy says what is wrong, and exits: _wait_until_serving raises
+        self._wait_until_serving(server.get("proxy_protocol", False), server.get("workers", 1))
 
-    def _finish_probe_session(self, behind_proxy: bool) -> None:
-        """Speak one whole session, so the readiness probe is over before a test starts
-        (a half-closed probe would still count against per-client limits)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            stream = sock.makefile("rb")
-            if behind_proxy:
-                sock.sendall(b"PROXY UNKNOWN\r\n")
-            assert stream.readline().startswith(b"220 ")
-            sock.sendall(b"QUIT\r\n")
-            assert stream.readline().startswith(b"221 ")
-            assert stream.readline() == b""
+    def _wait_until_serving(self, behind_proxy: bool, workers: int) -> None:
+        """Until one whole SMTP session (220, QUIT, 221, close) succeeds, and with
+        several workers until the supervisor logs that all serve (before that, a test
+        reading "worker N started" lines may miss one).
+
+        Never a connection closed without QUIT (what wait_for_port leaves behind): the
+        server counts such a session against the client's
+        limits.max_connections_per_ip until it notices the close, which on a loaded
+        machine, with another worker taking the next connection, is after the test
+        has started and opened its own sessions."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"arproxy exited with {self.process.returncode}:\n{self.log}")
+            try:
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"arproxy not listening on {self.port}") from error
+                time.sleep(0.02)
+                continue
+            with sock:
+                stream = sock.makefile("rb")
+                if behind_proxy:
+                    sock.sendall(b"PROXY UNKNOWN\r\n")
+                assert stream.readline().startswith(b"220 ")
+                sock.sendall(b"QUIT\r\n")
+                assert stream.readline().startswith(b"221 ")
+                assert stream.readline() == b""
+            break
+        if workers > 1:
+            serving = f"all {workers} workers serving"
+            wait_for(lambda: serving in self.log, serving)
 
     @property
     def log(self) -> str:

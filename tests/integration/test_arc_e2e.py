@@ -23,7 +23,7 @@ POLICY = '[policy]\nreject_dmarc = true\ntrusted_arc_sealers = ["lists.example"]
 
 def deliver(port: int, message: bytes) -> tuple[int, bytes]:
     """The list's server hands the message over: the DATA reply."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=("127.0.0.2", 0)) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0)) as client:
         client.ehlo("mail.sender.test")
         client.mail("team-bounces@lists.example")
         assert client.rcpt("bob@example.com")[0] == 250

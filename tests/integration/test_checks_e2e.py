@@ -36,7 +36,7 @@ def message_from(author: str, subject: str = "checks") -> bytes:
 
 
 def send(port: int, source: str, helo: str, sender: str, message: bytes) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as client:
         client.ehlo(helo)
         client.sendmail(sender, ["bob@example.com"], message)
 
@@ -107,7 +107,7 @@ def test_dmarc_reject_policy_refuses_the_forgery(
 ) -> None:
     proxy = make_arproxy(smtp_sink.url, policy="[policy]\nreject_dmarc = true")
     with smtplib.SMTP(
-        "127.0.0.1", proxy.port, timeout=20, source_address=("127.0.0.3", 0)
+        "127.0.0.1", proxy.port, timeout=30, source_address=("127.0.0.3", 0)
     ) as client:
         client.ehlo("liar.iprev.test")
         client.mail("ceo@sender.test")

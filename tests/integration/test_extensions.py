@@ -126,7 +126,7 @@ def test_auth_parameter_is_taken_when_auth_is_offered(
 
 def test_ehlo_offers_8bitmime_and_smtputf8(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
     proxy = make_arproxy(smtp_sink.url)
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         assert client.has_extn("8bitmime") and client.has_extn("smtputf8")
         assert not client.has_extn("dsn")
@@ -268,7 +268,7 @@ def test_smtputf8_end_to_end(utf8_chain: tuple[Arproxy, Arproxy]) -> None:
         f"From: Jürgen <{UTF8_SENDER}>\r\nTo: bob@bücher.example\r\n"
         "Subject: Grüße aus Köln\r\n\r\nGrüße\r\n"
     ).encode()
-    with smtplib.SMTP("127.0.0.1", border.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", border.port, timeout=30) as client:
         refused = client.sendmail(
             UTF8_SENDER,
             ["bob@bücher.example", "josé@example.com", "carol@BÜCHER.example"],

@@ -34,7 +34,7 @@ LEADING = b" (authenticated sender)\r\n" + ORIGINAL
 
 
 def send(port: int, message: bytes) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("client.example.org")
         client.sendmail("alice@example.org", ["bob@example.com"], message)
 
@@ -102,7 +102,7 @@ def test_a_legitimate_message_with_name_space_colon_passes_reject_dmarc(
     refused a legitimate message. Right: dkim=pass, dmarc=pass (RFC 7489 4.2), delivered."""
     proxy = make_arproxy(smtp_sink.url, policy="[policy]\nreject_dmarc = true")
     message = edit(sign(MESSAGE, "s2048", canonicalize=canonicalize))
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=20, source_address=("127.0.0.2", 0)) as c:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30, source_address=("127.0.0.2", 0)) as c:
         c.ehlo("mail.sender.test")
         c.sendmail("bounce@sender.test", ["bob@example.com"], message)
     (got,) = smtp_sink.messages()

@@ -8,19 +8,18 @@ import smtplib
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from arproxy.tls import make_self_signed
 from arproxy.users import UsersFile
 
 from .conftest import MakeArproxy
-from .peers import SmtpSink
+from .peers import SmtpSink, wait_for
 
 
 def test_size_is_advertised_and_enforced(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
     proxy = make_arproxy(smtp_sink.url, limits="max_message_size = 2048")
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         assert client.esmtp_features["size"] == "2048"
         # Declared too big: refused at MAIL.
@@ -36,7 +35,7 @@ def test_size_is_advertised_and_enforced(make_arproxy: MakeArproxy, smtp_sink: S
 
 def test_too_many_recipients(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
     proxy = make_arproxy(smtp_sink.url, limits="max_recipients = 2")
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         client.mail("a@example.org")
         assert client.rcpt("x@example.com")[0] == 250
@@ -52,7 +51,7 @@ def test_skipped_clients_get_no_results_and_a_log_line(
 ) -> None:
     proxy = make_arproxy(smtp_sink.url, extra='[checks]\nskip_clients = ["127.0.0.8/32"]')
     with smtplib.SMTP(
-        "127.0.0.1", proxy.port, timeout=10, source_address=("127.0.0.8", 0)
+        "127.0.0.1", proxy.port, timeout=30, source_address=("127.0.0.8", 0)
     ) as client:
         client.sendmail("a@sender.test", ["b@example.com"], b"Subject: s\r\n\r\nb\r\n")
     assert smtp_sink.messages()[0].message.startswith(
@@ -65,7 +64,7 @@ def served_certificate(port: int) -> bytes:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("client.example.org")
         client.starttls(context=context)
         der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
@@ -82,9 +81,7 @@ def test_sighup_reloads_the_certificate(
     before = served_certificate(proxy.port)
     make_self_signed(cert, key, "new.example.com")
     proxy.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "reload: TLS certificate" not in proxy.log and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "reload: TLS certificate" in proxy.log, "the reload")
     after = served_certificate(proxy.port)
     assert before != after
     assert b"new.example.com" in after

@@ -12,7 +12,7 @@ import pytest
 from arproxy.authres import parse
 
 from .conftest import MakeArproxy
-from .peers import SmtpSink, free_port, sink, swaks
+from .peers import WAIT, SmtpSink, free_port, sink, swaks
 
 ORIGINAL = (
     b"From: Alice <alice@example.org>\r\n"
@@ -69,7 +69,7 @@ def split_our_fields(message: bytes, newline: bytes = b"\r\n") -> tuple[bytes, b
 
 
 def ehlo_lines(port: int) -> list[str]:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         code, text = client.ehlo("client.example.org")
         assert code == 250
         return text.decode().split("\n")
@@ -107,7 +107,7 @@ def test_relay_is_byte_exact_but_for_our_two_fields(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink
 ) -> None:
     proxy = make_arproxy(smtp_sink.url)
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         refused = client.sendmail("alice@example.org", ["bob@example.com"], ORIGINAL)
     assert refused == {}
@@ -131,7 +131,7 @@ def test_relay_is_byte_exact_but_for_our_two_fields(
 
 def test_maildir_delivery_is_byte_exact_and_atomic(make_arproxy: MakeArproxy) -> None:
     proxy = make_arproxy("maildir:mail")
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.sendmail("alice@example.org", ["bob@example.com"], ORIGINAL)
     maildir = proxy.workdir / "mail"
     assert list((maildir / "tmp").iterdir()) == []
@@ -144,7 +144,7 @@ def test_maildir_delivery_is_byte_exact_and_atomic(make_arproxy: MakeArproxy) ->
 
 def test_forged_fields_renamed_when_configured(make_arproxy: MakeArproxy) -> None:
     proxy = make_arproxy("maildir:mail", headers='forged = "rename"')
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.sendmail("alice@example.org", ["bob@example.com"], ORIGINAL)
     (delivered,) = list((proxy.workdir / "mail" / "new").iterdir())
     header = delivered.read_bytes().split(b"\r\n\r\n")[0]
@@ -186,7 +186,7 @@ def test_null_sender_relays_as_null_reverse_path(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink
 ) -> None:
     proxy = make_arproxy(smtp_sink.url)
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.sendmail("<>", ["bob@example.com"], b"Subject: bounce\r\n\r\nbody\r\n")
     (got,) = smtp_sink.messages()
     assert got.mail_args == "<>"
@@ -196,7 +196,7 @@ def test_several_recipients_and_transactions_in_one_session(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink
 ) -> None:
     proxy = make_arproxy(smtp_sink.url)
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.sendmail(
             "a@example.org", ["x@example.com", "y@example.net"], b"Subject: 1\r\n\r\n1\r\n"
         )
@@ -215,7 +215,7 @@ def test_relay_to_a_foreign_domain_is_refused_and_nothing_is_sent(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink
 ) -> None:
     proxy = make_arproxy(smtp_sink.url)
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         client.mail("alice@example.org")
         code, text = client.rcpt("victim@elsewhere.example")
@@ -249,7 +249,7 @@ def test_downstream_refusals_reach_the_client_verbatim(
 ) -> None:
     with sink(tmp_path / "s", sink_options) as refusing:
         proxy = make_arproxy(refusing.url)
-        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
             client.ehlo("client.example.org")
             assert client.mail("alice@example.org")[0] == 250
             rcpt = client.rcpt("bob@example.com")
@@ -262,7 +262,7 @@ def test_downstream_refusals_reach_the_client_verbatim(
 
 def test_downstream_down_is_a_temporary_failure(make_arproxy: MakeArproxy) -> None:
     proxy = make_arproxy(f"smtp://127.0.0.1:{free_port()}")
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         client.mail("alice@example.org")
         code, text = client.rcpt("bob@example.com")
@@ -275,7 +275,7 @@ def test_slow_downstream_is_a_temporary_failure_never_a_250(
 ) -> None:
     with sink(tmp_path / "s", ["-w", "4"]) as slow:
         proxy = make_arproxy(slow.url, relay_timeout=1.0)
-        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=20) as client:
+        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
             client.ehlo("client.example.org")
             client.mail("alice@example.org")
             assert client.rcpt("bob@example.com")[0] == 250
@@ -287,7 +287,7 @@ def test_slow_downstream_is_a_temporary_failure_never_a_250(
 def test_lmtp_downstream(make_arproxy: MakeArproxy, tmp_path: Path) -> None:
     with sink(tmp_path / "s", ["-L"]) as lmtp:
         proxy = make_arproxy(f"lmtp://127.0.0.1:{lmtp.port}")
-        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
             refused = client.sendmail(
                 "a@example.org",
                 ["x@example.com", "y@example.com"],
@@ -304,7 +304,7 @@ def test_lmtp_failure_of_any_recipient_is_not_acknowledged(
 ) -> None:
     with sink(tmp_path / "s", ["-L", "-r", "."]) as lmtp:
         proxy = make_arproxy(f"lmtp://127.0.0.1:{lmtp.port}")
-        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+        with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
             client.ehlo("c.example.org")
             client.mail("a@example.org")
             client.rcpt("x@example.com")
@@ -317,7 +317,7 @@ def test_enhanced_codes_on_aiosmtpd_own_replies(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink
 ) -> None:
     proxy = make_arproxy(smtp_sink.url)
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         assert client.docmd("RCPT", "TO:<bob@example.com>") == (
             503,
@@ -331,9 +331,9 @@ def test_sigterm_closes_idle_sessions_with_421_and_exits_cleanly(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink
 ) -> None:
     proxy = make_arproxy(smtp_sink.url)
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
         stream = sock.makefile("rb")
         assert stream.readline().startswith(b"220 mx.example.com ESMTP")
         proxy.process.terminate()
         assert stream.readline().startswith(b"421 4.3.2 ")
-    assert proxy.process.wait(10) == 0
+    assert proxy.process.wait(WAIT) == 0

@@ -12,9 +12,9 @@ import smtplib
 import pytest
 
 from .conftest import MakeArproxy
-from .peers import Arproxy, SmtpSink, free_port
+from .peers import Arproxy, SmtpSink, free_port, wait_for
 from .test_checks_e2e import message_from
-from .test_workers import WORKERS, pids_of, started_workers, wait_for
+from .test_workers import WORKERS, pids_of, started_workers
 
 OLD_DOMAINS = 'local = ["example.com", "example.net"]'
 NEW_DOMAINS = 'local = ["example.com", "new.example"]'

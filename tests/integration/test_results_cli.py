@@ -46,7 +46,7 @@ INCOMING = (
 def delivered(make_arproxy: MakeArproxy, smtp_sink: SmtpSink, tmp_path: Path) -> tuple[Path, int]:
     """INCOMING relayed by arproxy, as the downstream stored it; and arproxy's port."""
     proxy = make_arproxy(smtp_sink.url)
-    with smtplib.SMTP(LOCAL, proxy.port, timeout=10) as client:
+    with smtplib.SMTP(LOCAL, proxy.port, timeout=30) as client:
         client.ehlo("mail.sender.test")
         client.sendmail("alice@sender.test", ["bob@example.com"], INCOMING)
     (got,) = smtp_sink.messages()

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from .conftest import MakeArproxy
-from .peers import SmtpSink, free_port
+from .peers import SmtpSink, free_port, wait_for
 from .test_deploy import scrape, value
-from .test_workers import WORKERS, pids_of, send, started_workers, wait_for
+from .test_workers import WORKERS, pids_of, send, started_workers
 
 ACCEPTED = 'arproxy_transactions_total{outcome="accepted",stage="downstream"}'
 MANY_WORKERS = 8  # each worker's readiness SIGUSR1 is one more chance for a bad mask

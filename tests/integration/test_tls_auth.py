@@ -58,7 +58,7 @@ def test_auth_is_offered_only_after_starttls_and_relays_anywhere(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink, tls_files: tuple[Path, Path, Path]
 ) -> None:
     proxy = make_arproxy(smtp_sink.url, extra=security_options(tls_files))
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         assert client.has_extn("starttls")
         assert not client.has_extn("auth"), "no AUTH before TLS"
@@ -144,7 +144,7 @@ def test_authserv_after_auth_mode(
         server='advertise_authserv = "after-auth"',
         extra=security_options(tls_files, plaintext=True),
     )
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         lines = client.ehlo("client.example.org")[1].decode().split("\n")
         assert "AUTHSERV" in lines
         client.login("alice", "correct horse")
@@ -158,7 +158,7 @@ def test_implicit_tls_listener(
     port = free_port()
     proxy = make_arproxy(smtp_sink.url, extra=security_options(tls_files, implicit=port))
     with smtplib.SMTP_SSL(
-        "127.0.0.1", port, timeout=10, context=client_context(tls_files[0])
+        "127.0.0.1", port, timeout=30, context=client_context(tls_files[0])
     ) as client:
         client.ehlo("client.example.org")
         version = client.sock.version()  # type: ignore[union-attr]
@@ -179,7 +179,7 @@ def test_tls_below_1_2_is_refused(
     old.verify_mode = ssl.CERT_NONE
     old.minimum_version = ssl.TLSVersion.TLSv1
     old.maximum_version = ssl.TLSVersion.TLSv1_1
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
             client.starttls(context=old)
@@ -189,7 +189,7 @@ def test_auth_inside_a_transaction_is_refused(
     make_arproxy: MakeArproxy, smtp_sink: SmtpSink, tls_files: tuple[Path, Path, Path]
 ) -> None:
     proxy = make_arproxy(smtp_sink.url, extra=security_options(tls_files, plaintext=True))
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         client.mail("a@example.org")
         plain = base64.b64encode(b"\0alice\0correct horse").decode()

@@ -35,7 +35,7 @@ from ..dnsserver import KnotServer
 from ..peerskip import unless_peer
 from .conftest import arproxy_config
 from .dovecot import PASSWORD, USER, Dovecot
-from .peers import Arproxy, PrivatePostfix, free_port, stop, wait_for_port
+from .peers import WAIT, Arproxy, PrivatePostfix, free_port, stop, wait_for, wait_for_port
 from .test_probe import run_arproxy
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -57,6 +57,10 @@ defaults
     timeout connect 2s
     timeout client 120s
     timeout server 120s
+    # Without it a check's reply must come within `inter` (300 ms): on a loaded machine
+    # a live arproxy was marked down (fall 1) and took no traffic. A killed one still
+    # fails its check at once (connection refused).
+    timeout check 10s
     # A server that refuses the connection (killed) is retried, then another is tried.
     retries 3
     option redispatch
@@ -153,16 +157,17 @@ virtual_minimum_uid = 1
         dovecot.close()
 
 
-def wait_for_smtpd(port: int, timeout: float = 20.0) -> None:
+def wait_for_smtpd(port: int) -> None:
     """Postfix's master daemonizes: poll the port rather than a process."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"Postfix's smtpd not listening on {port}")
+    wait_for(lambda: _listening(port), f"Postfix's smtpd listening on {port}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def message(message_id: str) -> bytes:
@@ -311,7 +316,7 @@ def test_losing_one_arproxy_mid_run_loses_no_acknowledged_message(topology: Topo
         time.sleep(0.05)
     victim = topology.proxies[0]
     victim.process.send_signal(signal.SIGKILL)
-    victim.process.wait(timeout=10)
+    victim.process.wait(timeout=WAIT)
     assert "relayed" in victim.log  # round robin: the victim was carrying traffic
     thread.join(timeout=300)
     assert not thread.is_alive()

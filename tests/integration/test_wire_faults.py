@@ -112,7 +112,7 @@ def test_second_starttls_is_refused_and_the_session_goes_on(
     proxy = make_arproxy(smtp_sink.url, extra=security(tls_files))
     context = ssl.create_default_context(cafile=str(tls_files[0]))
     context.check_hostname = False
-    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
         client.ehlo("client.example.org")
         client.starttls(context=context)
         client.ehlo("client.example.org")
