@@ -582,6 +582,22 @@ def row_cells(row: Row, baseline: Row | None, idle: int) -> list[str]:
     ]
 
 
+def round_ratios(rows: Sequence[Row]) -> str:
+    """Each configuration's c=20 rate over the baseline's in the same round, one line
+    per configuration ("" without a baseline)."""
+    baseline = next((r for r in rows if r.target.name == BASELINE and r.rounds), None)
+    if baseline is None:
+        return ""
+    lines = []
+    for row in rows:
+        if row is baseline or not row.rounds or row.target.kind == "sink":
+            continue
+        pairs = zip(row.rounds, baseline.rounds, strict=False)
+        ratios = " ".join(f"{mine.c20.rate / base.c20.rate:.2f}" for mine, base in pairs)
+        lines.append(f"  {row.target.name}: {ratios}")
+    return "\n".join(lines)
+
+
 def render(rows: Sequence[Row], idle: int) -> str:
     baseline = next((r for r in rows if r.target.name == BASELINE), None)
     header = [
@@ -785,6 +801,10 @@ async def main_async(args: argparse.Namespace, context: Context) -> int:
             f"\nload generator: {gen:.2f} ms CPU per message at the ceiling "
             f"(one core alone: ~{1000 / gen:.0f} msg/s)"
         )
+    spread = round_ratios(rows)
+    if spread:
+        print("c=20 vs naive, round by round (the drift one median hides):")
+        print(spread)
     print(
         "latency: connect to the 250 reply to DATA, one session per message; CPU: the "
         "configuration's process tree (the ceiling: smtp-sink) over the c=20 run; peak "
@@ -809,7 +829,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="messages per configuration and concurrency (default 2000)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds alternating the configurations (default 3)"
+        "--rounds", type=int, default=5, help="rounds alternating the configurations (default 5)"
     )
     parser.add_argument(
         "--idle",

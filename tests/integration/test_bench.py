@@ -99,3 +99,18 @@ def test_a_fault_in_the_server_log_fails_the_row() -> None:
     assert bench.log_fault(healthy + died) == died.strip()
     traceback = "Traceback (most recent call last):\n  File ...\n"
     assert bench.log_fault(healthy + traceback) == "Traceback (most recent call last):"
+
+
+def test_round_ratios_pair_each_round_with_the_baselines_same_round() -> None:
+    """The per-round line divides each round's c=20 rate by the baseline's in that round."""
+    bench = load_bench()
+    sink, naive, arproxy = (
+        next(t for t in bench.TARGETS if t.kind == kind) for kind in ("sink", "naive", "arproxy")
+    )
+
+    def row(target: object, rates: list[int]) -> object:
+        loads = [bench.Load(rate, 1.0, [0.01] * rate) for rate in rates]
+        return bench.Row(target, [bench.Round(load, load, 1.0, 0.1, 1.0) for load in loads])
+
+    rows = [row(sink, [900, 900]), row(naive, [100, 200]), row(arproxy, [110, 180])]
+    assert bench.round_ratios(rows) == f"  {arproxy.name}: 1.10 0.90"
