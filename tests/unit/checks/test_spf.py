@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -397,11 +395,13 @@ def test_dns_server_down_is_temperror() -> None:
     server = KnotServer()
     port = server.port
     server.close()
-    started = time.monotonic()
     (result,) = mailfrom(port, GOOD, "alice@sender.test")
     (helo,), _ = helo_check(port, GOOD, "mail.sender.test")
+    # RFC 7208 section 4.4: a DNS error other than NXDOMAIN is temperror; the reason
+    # names the lookup that failed (the first one: nothing was evaluated past it).
     assert (result.value, helo.value) == (Value.TEMPERROR, Value.TEMPERROR)
-    assert time.monotonic() - started < 5
+    assert "DNS TXT sender.test: " in result.reason, result.reason
+    assert "DNS TXT mail.sender.test: " in helo.reason, helo.reason
 
 
 REQUEST = SpfRequest(GOOD, "alice", "sender.test", "mail.sender.test")
@@ -424,19 +424,22 @@ def test_closed_event_loop_gives_temperror(dns_server: KnotServer) -> None:
 
 
 def test_unanswered_query_gives_temperror_after_the_lookup_timeout(dns_server: KnotServer) -> None:
-    async def go() -> tuple[str, float]:
+    async def go() -> tuple[str, str]:
         resolver = SlowResolver(dns_server.port, delay=30.0)
         bridge = DnsBridge(asyncio.get_running_loop(), resolver, lookup_timeout=0.2)
-        started = time.monotonic()
         try:
-            outcome, _, _ = await asyncio.to_thread(evaluate_blocking, bridge, REQUEST, 5.0)
+            outcome, explanation, _ = await asyncio.to_thread(
+                evaluate_blocking, bridge, REQUEST, 5.0
+            )
         finally:
             await resolver.close()
-        return outcome, time.monotonic() - started
+        return outcome, explanation
 
-    outcome, elapsed = asyncio.run(go())
+    # Ended by the lookup's own timeout (0.2 s), not by the evaluation's 5 s budget
+    # ("query time spent") nor by the answer 30 s later (which would pass).
+    outcome, explanation = asyncio.run(go())
     assert outcome == "temperror"
-    assert elapsed < 1.0
+    assert "DNS TXT sender.test: no answer in time" in explanation, explanation
 
 
 def test_query_time_budget_gives_temperror(dns_server: KnotServer) -> None:
@@ -475,16 +478,15 @@ def test_cancelled_check_stops_at_the_query_in_progress(dns_server: KnotServer) 
 def test_worker_ends_as_temperror_when_its_event_loop_goes_away(
     dns_server: KnotServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outcomes: list[tuple[str, float]] = []
+    outcomes: list[tuple[str, str]] = []
     finished = threading.Event()
 
     def recording(
         bridge: DnsBridge, request: SpfRequest, query_time: float
     ) -> tuple[str, str, str]:
-        started = time.monotonic()
         try:
             outcome, explanation, mechanism = evaluate_blocking(bridge, request, query_time)
-            outcomes.append((outcome, time.monotonic() - started))
+            outcomes.append((outcome, explanation))
             return outcome, explanation, mechanism
         finally:
             finished.set()
@@ -502,40 +504,49 @@ def test_worker_ends_as_temperror_when_its_event_loop_goes_away(
         await resolver.close()
 
     asyncio.run(abandon())
-    assert finished.wait(5)
-    ((outcome, elapsed),) = outcomes
+    assert finished.wait(60)  # a bound for the thread to end at all, not a speed
+    # Ended because the loop went away (the check was cancelled), not by waiting out
+    # its lookup timeout ("no answer in time") or the 30 s answer.
+    ((outcome, explanation),) = outcomes
     assert outcome == "temperror"
-    assert elapsed < 2
+    assert "cancelled" in explanation or "event loop closed" in explanation, explanation
 
 
-def test_event_loop_keeps_running_while_pyspf_works(dns_server: KnotServer) -> None:
-    async def go() -> tuple[SpfResult, list[float]]:
+def test_event_loop_keeps_running_while_pyspf_works(
+    dns_server: KnotServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyspf blocks its thread on every query: it runs in the pool it is given, never on
+    the loop's thread, and its queries go through the loop (asserted by where each runs,
+    not by how long the loop stood still)."""
+    evaluated_on: list[str] = []
+    evaluate = spf_bridge.evaluate_blocking
+
+    def recording(
+        bridge: DnsBridge, request: SpfRequest, query_time: float
+    ) -> tuple[str, str, str]:
+        evaluated_on.append(threading.current_thread().name)
+        return evaluate(bridge, request, query_time)
+
+    monkeypatch.setattr(spf_bridge, "evaluate_blocking", recording)
+
+    async def go() -> tuple[SpfResult, str, list[str]]:
         resolver = SlowResolver(dns_server.port, delay=0.05)
-        ticks: list[float] = []
-
-        async def ticker() -> None:
-            while True:
-                ticks.append(time.monotonic())
-                await asyncio.sleep(0.005)
-
-        ticking = asyncio.create_task(ticker())
         ctx = CheckContext(client_ip=GOOD, helo="x.test", mail_from="a@c2.spf-limits.test")
         pool = ThreadPoolExecutor(2, thread_name_prefix="arproxy-spf")
         try:
             (result,) = await check_mailfrom(ctx, resolver, pool=pool)
-            # pyspf ran in the pool it was given, not on the loop's thread.
-            assert any(t.name.startswith("arproxy-spf") for t in threading.enumerate())
         finally:
-            ticking.cancel()
             pool.shutdown(wait=False)
             await resolver.close()
-        return result, ticks
+        return result, threading.current_thread().name, resolver.asked
 
-    result, ticks = asyncio.run(go())
-    assert result.value is Value.PASS  # 11 queries of 50 ms each, all through the loop
-    assert len(ticks) > 50
-    # pyspf blocking the loop would stall it for all 11 queries (~0.55 s).
-    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.25
+    result, loop_thread, asked = asyncio.run(go())
+    assert result.value is Value.PASS
+    # c2: its record, then 10 includes (RFC 7208 section 4.6.4's limit), each a query
+    # the loop answered while pyspf waited in its thread.
+    assert len(asked) == 11, asked
+    assert len(evaluated_on) == 1 and evaluated_on[0].startswith("arproxy-spf"), evaluated_on
+    assert evaluated_on[0] != loop_thread
 
 
 def test_our_query_without_a_bridge_does_no_dns_of_its_own() -> None:
