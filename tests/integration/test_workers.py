@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
@@ -43,6 +44,35 @@ def started_workers(log: str) -> dict[int, int]:
 def pids_of(pattern: str, log: str) -> Counter[int]:
     """How many log lines matching `pattern` (after `name[pid]: `) each process wrote."""
     return Counter(int(pid) for pid in re.findall(r"\[(\d+)\]: " + pattern, log))
+
+
+def on_every_worker(
+    proxy: Arproxy, workers: Iterable[int], pattern: str, session: Callable[[], None]
+) -> None:
+    """Run `session` (a new SMTP session each call: the kernel picks its worker) until
+    every pid of `workers` has logged `pattern` since now; 200 sessions at most."""
+    since, wanted = len(proxy.log), set(workers)
+    for _ in range(200):
+        if set(pids_of(pattern, proxy.log[since:])) == wanted:
+            return
+        session()
+    raise AssertionError(f"one worker never took a session: {pattern}")
+
+
+def greetings_of_every_worker(proxy: Arproxy, workers: Iterable[int]) -> set[str]:
+    """The host names the 220 greetings named (RFC 5321 section 4.2), until every
+    worker of `workers` has greeted a client."""
+    names: set[str] = set()
+
+    def greet() -> None:
+        client = smtplib.SMTP()
+        code, text = client.connect("127.0.0.1", proxy.port)
+        client.quit()
+        assert code == 220
+        names.add(text.split()[0].decode())
+
+    on_every_worker(proxy, workers, r"connect from 127\.0\.0\.1", greet)
+    return names
 
 
 def send(port: int, message_id: str) -> None:
@@ -129,16 +159,16 @@ def test_sighup_reloads_the_certificate_and_users_in_every_worker(
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the certificate is compared byte for byte
-    sessions = 0
-    while set(pids_of("client=127.0.0.1 auth ok", proxy.log)) != set(workers.values()):
-        assert sessions < 200, "one worker never took a session"
-        sessions += 1
+
+    def authenticate() -> None:
         with smtplib.SMTP("127.0.0.1", proxy.port, timeout=30) as client:
             client.starttls(context=context)
             client.ehlo()
             assert client.sock.getpeercert(binary_form=True) == expected  # type: ignore[union-attr]
             code, _ = client.docmd("AUTH", plain("alice", "new password"))
             assert code == 235  # RFC 4954 section 6
+
+    on_every_worker(proxy, workers.values(), "client=127.0.0.1 auth ok", authenticate)
 
 
 def test_workers_apply_the_configuration_the_supervisor_checked(
@@ -166,16 +196,7 @@ def test_workers_apply_the_configuration_the_supervisor_checked(
             os.kill(pid, signal.SIGCONT)
     loaded = r"reload: configuration \S+ loaded for new sessions"
     wait_for(lambda: set(pids_of(loaded, proxy.log)) == set(workers), "both workers reloaded")
-    banners, sessions, since = set(), 0, len(proxy.log)
-    while set(pids_of(r"connect from 127\.0\.0\.1", proxy.log[since:])) != set(workers):
-        assert sessions < 200, "one worker never took a session"
-        sessions += 1
-        client = smtplib.SMTP()
-        code, text = client.connect("127.0.0.1", proxy.port)
-        client.quit()
-        assert code == 220  # RFC 5321 section 4.2: the greeting names the server
-        banners.add(text.split()[0].decode())
-    assert banners == {"checked.example.com"}
+    assert greetings_of_every_worker(proxy, workers) == {"checked.example.com"}
     assert "edited.example.com" not in proxy.log
 
 
@@ -194,16 +215,7 @@ def test_a_sighup_to_the_workers_alone_reads_no_file(
         os.kill(pid, signal.SIGHUP)
     loaded = r"reload: configuration \S+ loaded for new sessions"
     wait_for(lambda: set(pids_of(loaded, proxy.log)) == set(workers), "both workers reloaded")
-    banners, sessions, since = set(), 0, len(proxy.log)
-    while set(pids_of(r"connect from 127\.0\.0\.1", proxy.log[since:])) != set(workers):
-        assert sessions < 200, "one worker never took a session"
-        sessions += 1
-        client = smtplib.SMTP()
-        code, text = client.connect("127.0.0.1", proxy.port)
-        client.quit()
-        assert code == 220
-        banners.add(text.split()[0].decode())
-    assert banners == {"mx.example.com"}
+    assert greetings_of_every_worker(proxy, workers) == {"mx.example.com"}
 
 
 def test_a_killed_worker_is_replaced(make_arproxy: MakeArproxy, smtp_sink: SmtpSink) -> None:
@@ -287,15 +299,15 @@ def test_auth_failures_count_across_workers(
             client.ehlo()
             code, _ = client.docmd("AUTH", plain("alice", "wrong"))
             assert code in (535, 421)
-    sessions = 0
-    while set(pids_of("client=127.0.0.1 auth refused: too many failures", proxy.log)) != workers:
-        assert sessions < 200, "one worker never took a session"
-        sessions += 1
+
+    def refused() -> None:
         client = smtplib.SMTP("127.0.0.1", proxy.port, timeout=30)
         client.ehlo()
         code, text = client.docmd("AUTH", plain("alice", "right"))
         assert (code, text[:6]) == (421, b"4.7.0 "), (code, text)
         client.close()
+
+    on_every_worker(proxy, workers, "client=127.0.0.1 auth refused: too many failures", refused)
 
 
 def parallel_auth_failures(port: int, client_ip: str, sessions: int) -> list[tuple[int, bytes]]:

@@ -240,9 +240,8 @@ async def _dkim_and_arc(ctx: CheckContext) -> tuple[Value, Value]:
     return dkim_result.value, arc_result.value
 
 
-def test_the_smtp_path_reads_the_header_once_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through pipeline.Session with the real DKIM, ARC and DMARC checks (no DNS answers:
-    DMARC ends temperror, which changes nothing here): one read_header call per message."""
+def _header_reads_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every reader of the header replaced by one that records the message's length."""
     calls: list[int] = []
     original = header_module.read_header
 
@@ -251,6 +250,13 @@ def test_the_smtp_path_reads_the_header_once_per_message(monkeypatch: pytest.Mon
         return original(message)
 
     _readers_replaced(monkeypatch, counting)
+    return calls
+
+
+def test_the_smtp_path_reads_the_header_once_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through pipeline.Session with the real DKIM, ARC and DMARC checks (no DNS answers:
+    DMARC ends temperror, which changes nothing here): one read_header call per message."""
+    calls = _header_reads_counted(monkeypatch)
     sent = asyncio.run(_one_message_through_a_session())
     assert calls == [len(SIGNED_LOOKING)]
     assert sent.endswith(SIGNED_LOOKING.replace(AR, b""))  # the forged field went
@@ -259,14 +265,7 @@ def test_the_smtp_path_reads_the_header_once_per_message(monkeypatch: pytest.Mon
 def test_arproxy_check_reads_the_header_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """`arproxy check` (offline.py) starts from a file, through Session.evaluate: it reads
     the header once there, and the checks share that reading as in the SMTP path."""
-    calls: list[int] = []
-    original = header_module.read_header
-
-    def counting(message: bytes) -> Header:
-        calls.append(len(message))
-        return original(message)
-
-    _readers_replaced(monkeypatch, counting)
+    calls = _header_reads_counted(monkeypatch)
     methods = asyncio.run(_evaluate_offline())
     assert calls == [len(SIGNED_LOOKING)]
     assert sorted(methods) == ["arc", "dkim", "dmarc"]
